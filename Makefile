@@ -1,0 +1,40 @@
+# One recipe for every machine: the README, CI and the Docker image all go through these targets.
+PYTHON ?= python3.11
+VENV ?= .venv
+EXTRAS ?= cpu,dev
+CHECKPOINT ?= artifacts/demo.safetensors
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PY := $(VENV)/bin/python
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+
+.PHONY: install serve test lint demo-model clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=/path/to/python3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(STAMP)
+
+$(CHECKPOINT): | install
+	$(VENV)/bin/reid-demo-model --out $(CHECKPOINT)
+
+demo-model: $(CHECKPOINT)
+
+serve: install $(CHECKPOINT)
+	REID_CHECKPOINT=$${REID_CHECKPOINT:-$(CHECKPOINT)} $(VENV)/bin/reid-serve --host $(HOST) --port $(PORT)
+
+test: install
+	$(VENV)/bin/python -m pytest -q -rs
+
+lint: install
+	$(VENV)/bin/ruff check model training service tests benchmarks
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache .mypy_cache .ruff_cache

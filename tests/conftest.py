@@ -1,0 +1,41 @@
+"""Shared fixtures: locating ../shared/data (skipping cleanly when absent) and unpacking CUHK03 once per run."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# Two cores are shared between the test process and any server it starts.
+torch.set_num_threads(2)
+
+
+def shared_file(name: str) -> Path:
+    """Path of a file in ../shared/data, or skip the calling test when it is not there."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"real data not available: {path} is absent (only inside the project workplace)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def osnet_x0_25_market_weights() -> Path:
+    """The official torchreid OSNet-x0.25 Market-1501 weight file (legacy pickle state dict)."""
+    return shared_file("osnet_x0_25_market1501.pth")
+
+
+@pytest.fixture(scope="session")
+def cuhk03_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of CUHK03 crops named <pid>_<idx>.jpg (idx 00-04 camera A, 05-09 camera B), 64x128 (w x h)."""
+    tar_path = shared_file("cuhk03_64x128.tar")
+    out = tmp_path_factory.mktemp("cuhk03")
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(out, filter="data")
+    images = out / "dataset" / "images" / "full"
+    assert images.is_dir(), f"unexpected layout inside {tar_path}"
+    return images

@@ -1,0 +1,109 @@
+"""Checkpoint round trips and the errors a damaged or foreign file must give."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from model import FORMAT_VERSION, CheckpointError, build_model, load_checkpoint, read_checkpoint_spec, save_checkpoint
+from model.checkpoint import METADATA_KEY
+
+
+@pytest.fixture()
+def saved(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+    torch.manual_seed(0)
+    model = build_model("pose_bilinear", num_classes=3, input_size=(64, 32), embedding_dim=64, pose_stages=1,
+                        layer_wise=["layer4"])
+    # Move BN statistics away from their defaults so a round trip that dropped buffers would show.
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(4, 3, 64, 32))
+    model.eval()
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(model, path, threshold=0.42, metrics={"mAP": 0.5}, train_meta={"epochs": 1})
+    return path, model
+
+
+def test_round_trip_gives_identical_embeddings_and_spec(saved: tuple[Path, torch.nn.Module]) -> None:
+    path, model = saved
+    loaded, spec = load_checkpoint(path)
+    x = torch.rand(3, 3, 64, 32)
+    assert torch.equal(loaded.embed(x), model.embed(x))
+    assert not loaded.training
+    assert spec.format_version == FORMAT_VERSION
+    assert spec.architecture == "pose_bilinear"
+    assert spec.embedding_dim == 64
+    assert spec.threshold == pytest.approx(0.42)
+    assert spec.metrics == {"mAP": 0.5}
+    assert spec.train_meta == {"epochs": 1}
+    assert (spec.preprocess.height, spec.preprocess.width) == (64, 32)
+    assert spec.preprocess.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert read_checkpoint_spec(path) == spec
+
+
+def test_every_architecture_round_trips(tmp_path: Path) -> None:
+    for name in ("resnet50", "osnet_x0_25", "osnet_x1_0"):
+        torch.manual_seed(0)
+        model = build_model(name, input_size=(64, 32)).eval()
+        path = tmp_path / f"{name}.safetensors"
+        save_checkpoint(model, path)
+        loaded, spec = load_checkpoint(path)
+        x = torch.rand(2, 3, 64, 32)
+        assert torch.equal(loaded.embed(x), model.embed(x)), name
+        assert spec.threshold is None
+
+
+def test_truncated_file_is_a_clear_error(saved: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    path, _ = saved
+    data = path.read_bytes()
+    for cut in (len(data) // 2, 100, 7):
+        broken = tmp_path / f"cut{cut}.safetensors"
+        broken.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError):
+            load_checkpoint(broken)
+
+
+def test_wrong_files_are_clear_errors(tmp_path: Path) -> None:
+    not_safetensors = tmp_path / "x.safetensors"
+    not_safetensors.write_bytes(b"PK\x03\x04 this is a zip, not weights")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_checkpoint(not_safetensors)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="not a checkpoint of this project"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "absent.safetensors")
+
+
+def _rewrite_spec(path: Path, out: Path, **changes: object) -> Path:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        spec = json.loads(handle.metadata()[METADATA_KEY])
+    spec.update(changes)
+    save_file(load_file(str(path)), str(out), metadata={METADATA_KEY: json.dumps(spec)})
+    return out
+
+
+def test_future_format_version_is_refused(saved: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    path, _ = saved
+    future = _rewrite_spec(path, tmp_path / "future.safetensors", format_version=FORMAT_VERSION + 1)
+    with pytest.raises(CheckpointError, match="upgrade"):
+        read_checkpoint_spec(future)
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(saved: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    path, model = saved
+    config = dict(model.config, embedding_dim=32)
+    mismatched = _rewrite_spec(path, tmp_path / "mismatch.safetensors", model_config=config, embedding_dim=32)
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_checkpoint(mismatched)
+    unknown = _rewrite_spec(path, tmp_path / "unknown.safetensors", architecture="vit_h")
+    with pytest.raises(CheckpointError, match="valid"):
+        load_checkpoint(unknown)

@@ -1,0 +1,192 @@
+"""The FastAPI application: ``create_app(settings)`` for tests and embedding, ``app`` for uvicorn.
+
+    REID_CHECKPOINT=artifacts/demo.safetensors uvicorn service.app:app --port 8000
+
+Nothing heavy happens at import: the model, the store, the indexes and the batcher are built in the lifespan
+(settings are read from the environment there when none were given) and kept on ``app.state.reid``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI
+from PIL import Image
+
+from service.batching import DynamicBatcher
+from service.deps import ServiceState, ThresholdPolicy
+from service.embedder import Embedder
+from service.errors import install_error_handlers
+from service.imaging import ImageLimits
+from service.index import FaissIndexRegistry, IndexConfig
+from service.metrics import RequestMetricsMiddleware, ServiceMetrics
+from service.routes import api_router, health_router
+from service.settings import Settings
+from service.store import GalleryStore
+from service.upload_limit import UploadLimitMiddleware
+
+logger = logging.getLogger(__name__)
+
+_DESCRIPTION = """
+Player re-identification for broadcast football. Register player crops into a collection (one gallery per
+match, action or camera set) with `POST /gallery`, then ask who a crop is with `POST /query`: ranked matches
+with cosine scores, candidates grouped by player, and `match: null` when nobody is close enough.
+
+Every error answers `{"error": code, "detail": message}`. When the server runs with `REID_API_KEY`, send it
+in the `X-API-Key` header on every route except `/healthz`, `/readyz` and the docs.
+"""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def threshold_policy(settings: Settings, checkpoint_threshold: float | None) -> ThresholdPolicy:
+    """REID_THRESHOLD wins over the checkpoint's calibrated value, which wins over the built-in default."""
+    if settings.threshold is not None:
+        return ThresholdPolicy(settings.threshold, "env", checkpoint_threshold)
+    if checkpoint_threshold is not None:
+        return ThresholdPolicy(float(checkpoint_threshold), "checkpoint", checkpoint_threshold)
+    return ThresholdPolicy(settings.default_threshold, "default", None)
+
+
+def rebuild_indexes(store: GalleryStore, index: FaissIndexRegistry, metrics: ServiceMetrics) -> int:
+    """Fill the (empty) FAISS indexes from SQLite, the source of truth; returns the number of vectors."""
+    total = 0
+    for info in store.collections():
+        for ids, vectors in store.iter_embeddings(info.name):
+            index.add(info.name, ids, vectors)
+            total += len(ids)
+        metrics.set_gallery_size(info.name, index.size(info.name))
+    return total
+
+
+async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceState:
+    if settings.checkpoint is None:
+        raise RuntimeError("REID_CHECKPOINT is not set: point it at a .safetensors checkpoint")
+    checkpoint = Path(settings.checkpoint)
+    if not checkpoint.is_file():
+        raise RuntimeError(f"REID_CHECKPOINT={checkpoint} does not exist")
+    # Pillow's own bomb guard (process-wide) follows the configured limit; decode_crop also checks explicitly.
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    if settings.torch_threads is not None:
+        torch.set_num_threads(settings.torch_threads)
+
+    embedder = await asyncio.to_thread(Embedder.from_checkpoint, checkpoint, settings.device)
+    fingerprint = await asyncio.to_thread(file_sha256, checkpoint)
+    store = await asyncio.to_thread(GalleryStore, settings.database_path, embedder.embedding_dim, fingerprint)
+    index = FaissIndexRegistry(
+        embedder.embedding_dim,
+        IndexConfig(
+            hnsw_min_size=settings.hnsw_min_size,
+            hnsw_m=settings.hnsw_m,
+            hnsw_ef_construction=settings.hnsw_ef_construction,
+            hnsw_ef_search=settings.hnsw_ef_search,
+            use_gpu=embedder.device.type == "cuda",
+        ),
+    )
+    restored = await asyncio.to_thread(rebuild_indexes, store, index, metrics)
+    logger.info(
+        "rebuilt indexes from %s: %d vectors in %d collections",
+        settings.database_path,
+        restored,
+        len(index.collections()),
+    )
+
+    warmup_sizes = sorted({1, settings.max_batch_size})[: settings.warmup_batches]
+    await asyncio.to_thread(embedder.warm_up, warmup_sizes)
+    batcher = DynamicBatcher(
+        embedder.embed_batch,
+        max_batch_size=settings.max_batch_size,
+        max_delay_s=settings.max_delay_ms / 1000,
+        max_queue=settings.max_queue,
+        retry_after_s=settings.retry_after_s,
+        observer=metrics,
+    )
+    batcher.start()
+    return ServiceState(
+        settings=settings,
+        embedder=embedder,
+        batcher=batcher,
+        store=store,
+        index=index,
+        metrics=metrics,
+        decode_pool=ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="reid-decode"),
+        threshold=threshold_policy(settings, embedder.spec.threshold),
+        image_limits=ImageLimits(
+            max_file_bytes=settings.max_file_bytes,
+            max_pixels=settings.max_image_pixels,
+            max_side=settings.max_image_side,
+            min_side=settings.min_image_side,
+        ),
+        write_lock=asyncio.Lock(),
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings or Settings()
+    app.state.settings = settings
+    previous_pixel_limit = Image.MAX_IMAGE_PIXELS
+    state = await _build_state(settings, app.state.metrics)
+    app.state.reid = state
+    state.ready = True
+    logger.info(
+        "ready: %s on %s, threshold %.3f (%s)",
+        state.embedder.spec.architecture,
+        state.embedder.device,
+        state.threshold.value,
+        state.threshold.source,
+    )
+    try:
+        yield
+    finally:
+        state.ready = False
+        await asyncio.to_thread(state.batcher.stop)
+        state.decode_pool.shutdown(wait=True)
+        await asyncio.to_thread(state.store.close)
+        app.state.reid = None
+        # Pillow's limit is process-wide: give it back for whoever else decodes images in this process.
+        Image.MAX_IMAGE_PIXELS = previous_pixel_limit
+        logger.info("stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; with settings=None they are read from REID_* environment variables at start-up."""
+    app = FastAPI(
+        title="SoccerNet player re-identification",
+        version="0.1.0",
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.reid = None
+    metrics = ServiceMetrics()
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(api_router)
+    default_limit = Settings.model_fields["max_upload_bytes"].default
+
+    def upload_limit() -> int:
+        current: Settings | None = app.state.settings
+        return current.max_upload_bytes if current is not None else int(default_limit)
+
+    # Added last = outermost: latency is measured around the upload limit so its 413s are counted too.
+    app.add_middleware(UploadLimitMiddleware, limit=upload_limit)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    return app
+
+
+app = create_app()

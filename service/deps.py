@@ -1,0 +1,93 @@
+"""Dependency-injection aliases: routes receive the objects built in the lifespan, never module globals.
+
+@router.get("/collections")
+async def list_collections(state: StateDep) -> ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from service.batching import DynamicBatcher
+from service.embedder import Embedder
+from service.errors import NotReadyError, ServiceError
+from service.imaging import ImageLimits
+from service.index import FaissIndexRegistry
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+from service.store import GalleryStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    """The default match threshold and where it came from (env > checkpoint > default)."""
+
+    value: float
+    source: str
+    checkpoint_value: float | None
+
+
+@dataclass
+class ServiceState:
+    """Everything the lifespan builds; kept on app.state.reid."""
+
+    settings: Settings
+    embedder: Embedder
+    batcher: DynamicBatcher
+    store: GalleryStore
+    index: FaissIndexRegistry
+    metrics: ServiceMetrics
+    decode_pool: ThreadPoolExecutor
+    threshold: ThresholdPolicy
+    image_limits: ImageLimits
+    # Serialises (SQLite commit + index update) pairs so a concurrent delete cannot interleave between them.
+    write_lock: asyncio.Lock
+    ready: bool = False
+
+
+def get_state(request: Request) -> ServiceState:
+    state: ServiceState | None = getattr(request.app.state, "reid", None)
+    if state is None or not state.ready:
+        raise NotReadyError()
+    return state
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings | None = getattr(request.app.state, "settings", None)
+    if settings is None:
+        raise NotReadyError("settings are not loaded yet")
+    return settings
+
+
+_api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="Required on every route but health and docs when REID_API_KEY is set.",
+)
+
+
+def require_api_key(
+    settings: Annotated[Settings, Depends(get_settings)],
+    api_key: Annotated[str | None, Security(_api_key_header)],
+) -> None:
+    """401 unless X-API-Key equals REID_API_KEY (when one is configured)."""
+    expected = settings.api_key
+    if expected is None:
+        return
+    # compare_digest: the time taken does not reveal how many leading characters matched.
+    if api_key is None or not hmac.compare_digest(api_key.encode(), expected.encode()):
+        raise ServiceError(401, "unauthorized", "missing or wrong X-API-Key header")
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,101 @@
+"""Prometheus metrics, kept in a per-app CollectorRegistry so several apps (tests) can live in one process.
+
+Exposed at GET /metrics: request latency per route, inference batch sizes and times, queue depth and
+gallery size per collection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class ServiceMetrics:
+    """All instruments of one app; also the batcher's BatchObserver."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.request_latency = Histogram(
+            "reid_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "reid_inference_batch_size",
+            "Crops per inference batch",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference_seconds = Histogram(
+            "reid_inference_seconds",
+            "Model time per inference batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge("reid_queue_depth", "Crops waiting for inference", registry=self.registry)
+        self.gallery_size = Gauge(
+            "reid_gallery_size", "Items per collection", ["collection"], registry=self.registry
+        )
+        self.crops_embedded = Counter("reid_crops_embedded", "Crops embedded", registry=self.registry)
+        self.rejected = Counter(
+            "reid_rejected_requests", "Requests refused before inference", ["reason"], registry=self.registry
+        )
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.inference_seconds.observe(seconds)
+        self.crops_embedded.inc(size)
+
+    def set_queue_depth(self, depth: int) -> None:
+        self.queue_depth.set(depth)
+
+    def set_gallery_size(self, collection: str, size: int) -> None:
+        self.gallery_size.labels(collection=collection).set(size)
+
+    def forget_collection(self, collection: str) -> None:
+        with contextlib.suppress(KeyError):
+            self.gallery_size.remove(collection)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMetricsMiddleware:
+    """Times every HTTP request; labels by route template (not raw path) to keep label cardinality bounded."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.request_latency.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - start
+            )

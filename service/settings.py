@@ -1,0 +1,81 @@
+"""Service settings, read from the environment with the REID_ prefix.
+
+Example::
+
+    REID_CHECKPOINT=artifacts/demo.safetensors REID_DATA_DIR=/var/lib/reid REID_API_KEY=secret \
+        uvicorn service.app:app --port 8000
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; each field maps to an environment variable REID_<FIELD NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="REID_", frozen=True, extra="ignore")
+
+    checkpoint: Path | None = Field(
+        default=None, description="Model checkpoint (.safetensors written by model.save_checkpoint)."
+    )
+    data_dir: Path = Field(default=Path("./data"), description="Folder for the SQLite gallery database.")
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="Largest inference batch (crops).")
+    max_delay_ms: float = Field(
+        default=5.0, ge=0.0, le=10_000.0, description="How long the batcher waits to fill a batch."
+    )
+    max_queue: int = Field(default=1024, ge=1, description="Crops allowed to wait for inference before 503.")
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Whole request body limit.")
+    max_file_bytes: int = Field(default=8 * 1024 * 1024, ge=1, description="Limit per uploaded file.")
+    max_files: int = Field(default=64, ge=1, description="Files allowed in one request.")
+    max_image_pixels: int = Field(default=40_000_000, ge=1, description="Width x height limit per image.")
+    max_image_side: int = Field(default=16_384, ge=1, description="Limit on the longer image side (px).")
+    min_image_side: int = Field(default=4, ge=1, description="Limit on the shorter image side (px).")
+    api_key: str | None = Field(
+        default=None, description="When set, every route but health and docs requires X-API-Key."
+    )
+    threshold: float | None = Field(
+        default=None, ge=-1.0, le=1.0, description="Match threshold; overrides the checkpoint's."
+    )
+    default_threshold: float = Field(
+        default=0.5, ge=-1.0, le=1.0, description="Threshold used when the checkpoint carries none."
+    )
+    hnsw_min_size: int = Field(
+        default=50_000, ge=1, description="Collection size from which the index switches to HNSW."
+    )
+    hnsw_m: int = Field(default=32, ge=4, description="HNSW graph degree.")
+    hnsw_ef_construction: int = Field(default=200, ge=8)
+    hnsw_ef_search: int = Field(default=128, ge=8)
+    decode_workers: int = Field(default=4, ge=1, description="Threads decoding and resizing uploads.")
+    warmup_batches: int = Field(default=2, ge=0, description="Dummy batches run before /readyz turns 200.")
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 503 overloaded.")
+    torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads (CPU).")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _DEVICE_PATTERN.match(value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_means_none(cls, value: str | None) -> str | None:
+        # An empty REID_API_KEY= in a compose file must not lock everyone out with an unguessable "".
+        return value or None
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite file holding the gallery."""
+        return self.data_dir / "gallery.sqlite3"

@@ -1,0 +1,190 @@
+"""End to end through a real uvicorn process: register, query, delete, restarts (graceful and kill -9),
+threshold behaviour, concurrent clients, limits over real sockets."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.images import encode, files_field, noise_image, player_jpeg, player_png
+from tests.support.live_server import LiveServer, server_env
+
+pytestmark = pytest.mark.slow
+
+ServerFactory = Callable[..., LiveServer]
+
+
+def register(client: httpx.Client, collection: str, players: list[int], variant: int = 0) -> list[dict[str, Any]]:
+    response = client.post(
+        "/gallery",
+        files=files_field(*(player_png(p, variant) for p in players)),
+        data={"collection": collection, "labels": [f"player-{p}" for p in players]},
+    )
+    assert response.status_code == 201, response.text
+    return list(response.json()["items"])
+
+
+def ask(client: httpx.Client, collection: str, payloads: list[bytes], **data: Any) -> dict[str, Any]:
+    response = client.post("/query", files=files_field(*payloads), data={"collection": collection, **data})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def batch_counters(server: LiveServer) -> dict[str, float]:
+    """Totals read from /metrics: inference batches run and crops embedded."""
+    with server.client() as client:
+        text = client.get("/metrics").text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(("reid_inference_batch_size_count ", "reid_crops_embedded_total ")):
+            name, value = line.split()
+            values["batches" if "batch" in name else "crops"] = float(value)
+    return values
+
+
+def ranking(result: dict[str, Any]) -> list[list[tuple[str, str]]]:
+    return [[(m["id"], m["label"]) for m in r["matches"]] for r in result["results"]]
+
+
+def test_register_query_delete_and_restarts(make_server: ServerFactory) -> None:
+    server = make_server()
+    with server.client() as client:
+        items = register(client, "match", list(range(6)))
+        before = ask(client, "match", [player_png(3, 1), player_jpeg(5)], top_k=4)
+        assert [r["matches"][0]["label"] for r in before["results"]] == ["player-3", "player-5"]
+        assert client.delete(f"/gallery/{items[0]['id']}").status_code == 200
+        before = ask(client, "match", [player_png(3, 1), player_jpeg(5)], top_k=4)
+        listing = client.get("/gallery", params={"collection": "match"}).json()
+    assert listing["total"] == 5
+
+    server.restart()  # graceful: SIGTERM, lifespan shutdown
+    with server.client() as client:
+        assert client.get("/gallery", params={"collection": "match"}).json() == listing
+        after = ask(client, "match", [player_png(3, 1), player_jpeg(5)], top_k=4)
+        assert ranking(after) == ranking(before)
+        for b, a in zip(before["results"], after["results"], strict=True):
+            assert [m["score"] for m in a["matches"]] == pytest.approx([m["score"] for m in b["matches"]], abs=1e-5)
+        late = register(client, "match", [7])
+
+    server.restart(hard=True)  # kill -9 right after a 201: the committed row must still be there
+    with server.client() as client:
+        assert client.get(f"/gallery/{late[0]['id']}").status_code == 200
+        assert client.get("/gallery", params={"collection": "match"}).json()["total"] == 6
+        top = ask(client, "match", [player_png(7)], top_k=1)["results"][0]["matches"][0]
+        assert top["id"] == late[0]["id"]
+        assert client.delete("/collections/match").json()["deleted_items"] == 6
+    server.restart()
+    with server.client() as client:
+        assert client.get("/collections").json() == {"collections": []}
+
+
+def test_person_absent_from_gallery_gets_no_match(shared_server: LiveServer) -> None:
+    with shared_server.client() as client:
+        register(client, "threshold", [0, 1, 2, 3])
+        stranger = encode(noise_image(11), "JPEG")
+        probe = ask(client, "threshold", [player_png(2), stranger], top_k=1)["results"]
+        same, other = probe[0]["matches"][0]["score"], probe[1]["matches"][0]["score"]
+        assert same == pytest.approx(1.0, abs=1e-4) and other < same - 1e-4
+        decided = ask(client, "threshold", [player_png(2), stranger], threshold=(same + other) / 2)["results"]
+    assert decided[0]["match"] == "player-2"
+    assert decided[1]["match"] is None
+
+
+def test_concurrent_clients_get_the_sequential_results(shared_server: LiveServer) -> None:
+    with shared_server.client() as client:
+        register(client, "crowd", list(range(10)))
+    queries = [[player_png(p, 1)] if p % 2 else [player_jpeg(p), player_png((p + 3) % 10, 2)] for p in range(12)]
+    with shared_server.client() as client:
+        sequential = [ask(client, "crowd", q, top_k=5) for q in queries]
+
+    before = batch_counters(shared_server)
+    barrier = threading.Barrier(len(queries))
+
+    def one(q: list[bytes]) -> dict[str, Any]:
+        with shared_server.client() as c:
+            barrier.wait()
+            return ask(c, "crowd", q, top_k=5)
+
+    with ThreadPoolExecutor(len(queries)) as pool:
+        concurrent = list(pool.map(one, queries))
+    for seq, conc in zip(sequential, concurrent, strict=True):
+        assert ranking(conc) == ranking(seq)
+        for s, c in zip(seq["results"], conc["results"], strict=True):
+            assert c["match"] == s["match"]
+            assert [m["score"] for m in c["matches"]] == pytest.approx([m["score"] for m in s["matches"]], abs=1e-4)
+    after = batch_counters(shared_server)
+    crops = sum(len(q) for q in queries)
+    batches = after["batches"] - before["batches"]
+    # Every crop went through the model exactly once, and no request needed more batches than it has crops.
+    assert after["crops"] - before["crops"] == crops
+    assert 1 <= batches <= crops
+    print(f"{len(queries)} concurrent requests, {crops} crops -> {batches:.0f} inference batches")
+
+
+def test_clients_that_give_up_do_not_hurt_the_others(shared_server: LiveServer) -> None:
+    with shared_server.client() as client:
+        register(client, "impatient", [0, 1, 2])
+    payload = [player_png(p) for p in (0, 1, 2, 1, 0, 2, 1, 0)]
+
+    def impatient() -> None:
+        with shared_server.client(timeout=0.005) as c, pytest.raises(httpx.TimeoutException):
+            c.post("/query", files=files_field(*payload), data={"collection": "impatient"})
+
+    def patient() -> dict[str, Any]:
+        with shared_server.client() as c:
+            return ask(c, "impatient", payload, top_k=1)
+
+    with ThreadPoolExecutor(8) as pool:
+        quitters = [pool.submit(impatient) for _ in range(4)]
+        stayers = [pool.submit(patient) for _ in range(4)]
+        for f in quitters:
+            f.result()
+        results = [f.result() for f in stayers]
+    for result in results:
+        assert [r["match"] for r in result["results"]] == [
+            "player-0",
+            "player-1",
+            "player-2",
+            "player-1",
+            "player-0",
+            "player-2",
+            "player-1",
+            "player-0",
+        ]
+    assert shared_server.running
+
+
+def test_limits_over_real_sockets(make_server: ServerFactory) -> None:
+    server = make_server(REID_MAX_UPLOAD_BYTES="200000", REID_MAX_QUEUE="2", REID_API_KEY="k")
+    headers = {"X-API-Key": "k"}
+    with server.client(headers=headers) as client:
+        big = client.post("/gallery", files=files_field(b"\0" * 300_000), data={"collection": "c", "labels": ["a"]})
+        assert big.status_code == 413 and big.json()["error"] == "payload_too_large"
+        crowded = client.post(
+            "/gallery",
+            files=files_field(*(player_png(i) for i in range(3))),
+            data={"collection": "c", "labels": ["a", "b", "c"]},
+        )
+        assert crowded.status_code == 503 and crowded.json()["error"] == "overloaded"
+        assert crowded.headers["Retry-After"] == "1"
+        assert client.get("/collections").json() == {"collections": []}
+        assert register(client, "c", [1, 2])[0]["label"] == "player-1"
+    with server.client() as anonymous:
+        assert anonymous.get("/collections").status_code == 401
+        assert anonymous.get("/readyz").status_code == 200
+    assert server.running
+
+
+def test_reid_serve_cli_serves_with_env_settings(e2e_checkpoint: Path, tmp_path: Path) -> None:
+    env = server_env(e2e_checkpoint, tmp_path / "cli-data", REID_THRESHOLD="0.25")
+    with LiveServer(env, use_cli=True, log_path=tmp_path / "cli.log") as server, server.client() as client:
+        info = client.get("/info").json()
+        assert (info["threshold"], info["threshold_source"]) == (0.25, "env")
+        register(client, "cli", [4])
+    assert (tmp_path / "cli-data" / "gallery.sqlite3").is_file()

@@ -1,0 +1,58 @@
+"""Fixtures for service tests: a tiny deterministic checkpoint and TestClient apps built on it."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+with warnings.catch_warnings():
+    # Starlette suggests httpx2 for its TestClient; httpx is what this project pins.
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.support.checkpoints import make_tiny_checkpoint
+
+AppFactory = Callable[..., TestClient]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """OSNet-x0.25 at 64x32, random weights with seed 0, checkpoint threshold 0.9."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
+@pytest.fixture()
+def make_client(tiny_checkpoint: Path, tmp_path: Path) -> Iterator[AppFactory]:
+    """Factory: make_client(**settings) -> a started TestClient; all are closed at test end."""
+    clients: list[TestClient] = []
+
+    def factory(**overrides: Any) -> TestClient:
+        values: dict[str, Any] = {
+            "checkpoint": tiny_checkpoint,
+            "data_dir": tmp_path / "data",
+            "device": "cpu",
+            "max_batch_size": 8,
+            "max_delay_ms": 2,
+            "warmup_batches": 1,
+            "decode_workers": 2,
+        }
+        values.update(overrides)
+        client = TestClient(create_app(Settings(**values)))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in reversed(clients):
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture()
+def client(make_client: AppFactory) -> TestClient:
+    return make_client()

@@ -1,0 +1,28 @@
+"""A tiny, deterministic checkpoint for service tests: OSNet-x0.25 at 64x32 input, random weights (seed 0)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from model import build_model, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+TINY_INPUT_SIZE = (64, 32)
+
+
+def make_tiny_checkpoint(path: Path, threshold: float | None = 0.9, seed: int = 0) -> Path:
+    """Write the tiny checkpoint to ``path`` and return it; same seed -> same weights -> same embeddings."""
+    torch.manual_seed(seed)
+    model = build_model("osnet_x0_25", num_classes=0, input_size=TINY_INPUT_SIZE).eval()
+    save_checkpoint(
+        model,
+        path,
+        threshold=threshold,
+        metrics={"note": "untrained test model"},
+        train_meta={"purpose": "tests"},
+    )
+    return path

@@ -1,0 +1,1 @@
+"""Offline training package: data readers, synthetic data, samplers, losses, loop, evaluation and CLIs."""

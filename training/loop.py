@@ -1,0 +1,359 @@
+"""The training loop: flat, readable, one function per step.
+
+    reid-train --config configs/soccernet.yaml data.root=/data/soccernet-reid run.out_dir=runs/pb
+    torchrun --nproc_per_node 4 -m training.cli train --config configs/soccernet.yaml   # several GPUs / nodes
+
+A run folder holds: config.yaml (resolved), metrics.jsonl, state.pt (resume: model, optimiser, schedule, epoch),
+last.safetensors and best.safetensors (checkpoints with calibrated threshold and metrics), plots/*.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from model import ReIDModel, build_model, load_checkpoint, save_checkpoint
+from training.config import OptimConfig, TrainConfig, save_config
+from training.data import ReidImageDataset, ReidSplit, read_cuhk03, read_market1501, read_soccernet
+from training.inference import EvalResult, autocast_for, evaluate_model
+from training.losses import ReIDCriterion
+from training.sampler import PKSampler
+from training.transforms import AugmentConfig, train_transform
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------ set-up
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> the local rank's GPU when CUDA is there, else the CPU."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group torchrun describes through the environment; single process otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def read_data(config: TrainConfig) -> ReidSplit:
+    data = config.data
+    if data.format == "soccernet":
+        return read_soccernet(data.root, eval_split=data.eval_split)
+    if data.format == "market1501":
+        return read_market1501(data.root)
+    if data.format == "cuhk03":
+        train_pids, eval_pids = data.cuhk03_train_pids, data.cuhk03_eval_pids
+        return read_cuhk03(data.root, train_pids=(train_pids[0], train_pids[1]),
+                           eval_pids=(eval_pids[0], eval_pids[1]))
+    raise ValueError(f"unknown data.format {data.format!r}; valid: soccernet, market1501, cuhk03")
+
+
+def build_training_model(config: TrainConfig, num_classes: int) -> ReIDModel:
+    """A fresh model from the config, or one initialised from ``model.init_checkpoint`` with a new classifier."""
+    input_size = (config.data.height, config.data.width)
+    init = config.model.init_checkpoint
+    if init is None:
+        return build_model(config.model.name, num_classes=num_classes, input_size=input_size, **config.model.options)
+    source, spec = load_checkpoint(init)
+    model_config = {**spec.model_config, **config.model.options, "num_classes": num_classes,
+                    "input_size": list(input_size)}
+    model = build_model(spec.architecture, **model_config)
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith("classifier.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("classifier.")]
+    if missing or unexpected:
+        raise ValueError(f"{init} does not fit {spec.architecture}: missing {missing}, unexpected {unexpected}")
+    logger.info("initialised %s from %s (new classifier: %d classes)", spec.architecture, init, num_classes)
+    return model
+
+
+def make_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                               nesterov=True)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: adam, adamw, sgd")
+
+
+def lr_factor(step: int, total_steps: int, config: OptimConfig) -> float:
+    """Linear warm-up to the base rate, then cosine decay to 1% or step decay at fractions of training."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return 1.0
+    progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+    if config.schedule == "cosine":
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if config.schedule == "step":
+        fraction = step / max(1, total_steps)
+        return config.step_gamma ** sum(fraction >= m for m in config.step_milestones)
+    raise ValueError(f"unknown schedule {config.schedule!r}; valid: cosine, step, constant")
+
+
+# ------------------------------------------------------------------------------------------------- steps
+
+
+def train_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    pids: torch.Tensor,
+    criterion: ReIDCriterion,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    amp: bool = True,
+    grad_clip: float | None = None,
+    channels_last: bool = False,
+) -> dict[str, float]:
+    """One optimiser step on a batch (B, 3, H, W) in [0, 1] with pids (B,); returns the loss terms as floats."""
+    model.train()
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    pids = pids.to(device, non_blocking=True)
+    with autocast_for(device, amp):
+        output = model(images)
+    terms = criterion(output, pids)
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return {name: float(value.detach()) for name, value in terms.items()}
+
+
+def cycle_batches(loader: DataLoader, sampler: PKSampler, epoch: int, steps: int | None) -> Iterator[Any]:
+    """The loader's batches of one epoch, truncated or repeated (next sampler epochs) to ``steps`` when set."""
+    sampler.set_epoch(epoch)
+    if steps is None:
+        yield from loader
+        return
+    produced, repeat = 0, 0
+    while produced < steps:
+        for batch in loader:
+            yield batch
+            produced += 1
+            if produced == steps:
+                return
+        repeat += 1
+        sampler.set_epoch(epoch * 1000 + repeat)
+
+
+# ------------------------------------------------------------------------------------------------- train
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def _unwrap(model: nn.Module) -> ReIDModel:
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    assert isinstance(inner, ReIDModel)
+    return inner
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _save_eval_checkpoint(model: ReIDModel, path: Path, result: EvalResult, meta: dict[str, Any]) -> None:
+    metrics = {k: v for k, v in result.metrics.items() if k != "cmc"}
+    metrics["calibration"] = result.calibration.as_dict()
+    save_checkpoint(model, path, threshold=result.calibration.threshold, metrics=metrics, train_meta=meta)
+
+
+def write_plots(out_dir: Path, history: list[dict[str, Any]], result: EvalResult | None) -> None:
+    """Loss curves, CMC curve and a ranked-retrieval grid, as PNG files under out_dir/plots."""
+    from training.plots import plot_cmc, plot_loss_curves, plot_ranked_grid
+
+    plots = out_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    steps = [r for r in history if "loss" in r]
+    if steps:
+        plot_loss_curves(steps, plots / "loss.png")
+    if result is None:
+        return
+    plot_cmc(result.metrics["cmc"], plots / "cmc.png")
+    order = np.argsort(result.distmat, axis=1, kind="stable")
+    top = min(10, result.distmat.shape[1])
+    ranked = order[:, :top]
+    correct = result.gallery.pids[ranked] == result.query.pids[:, None]
+    if result.query.groups is not None:
+        # Items of another action are not candidates under the SoccerNet protocol; show within-group ranks.
+        same_group = result.gallery.groups[order] == result.query.groups[:, None]
+        ranked = np.stack([row[mask][:top] for row, mask in zip(order, same_group, strict=True)]) \
+            if all(mask.sum() >= top for mask in same_group) else ranked
+        correct = result.gallery.pids[ranked] == result.query.pids[:, None]
+    plot_ranked_grid(result.query.paths, result.gallery.paths, ranked, correct, plots / "ranked.png", top=top)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train, evaluate every few epochs, keep the best checkpoint (by mAP) with its calibrated threshold."""
+    info = init_distributed()
+    torch.manual_seed(config.run.seed + info.rank)
+    np.random.seed(config.run.seed + info.rank)
+    device = resolve_device(config.run.device, info.local_rank)
+    out_dir = Path(config.run.out_dir)
+    metrics_path = out_dir / "metrics.jsonl"
+    state_path = out_dir / "state.pt"
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, out_dir / "config.yaml")
+
+    split = read_data(config)
+    if not split.train:
+        raise ValueError(f"{split.name}: no training samples under {config.data.root}")
+    size = (config.data.height, config.data.width)
+    augment = AugmentConfig(flip_p=config.data.flip_p, pad=config.data.pad, erase_p=config.data.erase_p)
+    dataset = ReidImageDataset(split.train, train_transform(size, augment))
+    sampler = PKSampler(
+        dataset.pids,
+        dataset.groups,
+        P=config.sampler.identities_per_batch,
+        K=config.sampler.instances_per_identity,
+        seed=config.run.seed,
+        within_group=config.sampler.within_group and split.name.startswith("soccernet"),
+    )
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.data.workers,
+                        pin_memory=device.type == "cuda", persistent_workers=config.data.workers > 0)
+
+    model: nn.Module = build_training_model(config, split.num_train_pids).to(device)
+    if config.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    criterion = ReIDCriterion(config.loss)
+    optimizer = make_optimizer(model, config.optim)
+    steps_per_epoch = config.optim.steps_per_epoch or len(sampler)
+    total_steps = steps_per_epoch * config.optim.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, config.optim))
+
+    start_epoch, step, best_map = 0, 0, -1.0
+    best_metrics: dict[str, Any] = {}
+    if config.run.resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, step, best_map = state["epoch"], state["step"], state["best_map"]
+        best_metrics = json.loads(state["best_metrics"])
+        logger.info("resumed from %s at epoch %d (step %d)", state_path, start_epoch, step)
+
+    if info.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.local_rank] if device.type == "cuda" else None
+        )
+    meta = {"data": split.name, "data_summary": split.summary(), "config": config.as_dict()}
+    history: list[dict[str, Any]] = []
+    last_result: EvalResult | None = None
+    best_path, last_path = out_dir / "best.safetensors", out_dir / "last.safetensors"
+
+    progress = None
+    if config.run.progress and info.is_main:
+        from tqdm import tqdm
+
+        progress = tqdm(total=total_steps, initial=step, desc="training", unit="step")
+    for epoch in range(start_epoch, config.optim.epochs):
+        started = time.perf_counter()
+        for images, pids, _, _ in cycle_batches(loader, sampler, epoch, config.optim.steps_per_epoch):
+            terms = train_step(model, images, pids, criterion, optimizer, device, config.run.amp,
+                               config.optim.grad_clip, config.run.channels_last)
+            scheduler.step()
+            step += 1
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{terms['loss']:.3f}", epoch=epoch + 1)
+            if info.is_main and (step % config.run.log_every == 0 or step == total_steps):
+                record = {"step": step, "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **terms}
+                history.append(record)
+                _append_jsonl(metrics_path, record)
+        is_last = epoch + 1 == config.optim.epochs
+        if info.is_main and ((epoch + 1) % config.run.eval_every_epochs == 0 or is_last):
+            if split.query:
+                last_result = evaluate_model(_unwrap(model), split, device, config.run.eval_batch_size,
+                                             amp=config.run.amp)
+                summary = {k: v for k, v in last_result.metrics.items() if k != "cmc"}
+                record = {"step": step, "epoch": epoch + 1, "eval": summary,
+                          "calibration": last_result.calibration.as_dict(),
+                          "epoch_seconds": time.perf_counter() - started}
+                history.append(record)
+                _append_jsonl(metrics_path, record)
+                epoch_meta = {**meta, "epoch": epoch + 1, "step": step}
+                _save_eval_checkpoint(_unwrap(model), last_path, last_result, epoch_meta)
+                if last_result.metrics["mAP"] > best_map:
+                    best_map = last_result.metrics["mAP"]
+                    best_metrics = summary
+                    _save_eval_checkpoint(_unwrap(model), best_path, last_result, epoch_meta)
+            else:
+                save_checkpoint(_unwrap(model), last_path, train_meta={**meta, "epoch": epoch + 1})
+        if info.is_main:
+            torch.save(
+                {
+                    "model": _unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "best_map": best_map,
+                    "best_metrics": json.dumps(best_metrics),
+                },
+                state_path,
+            )
+    if progress is not None:
+        progress.close()
+    if info.is_main:
+        write_plots(out_dir, history, last_result)
+    if info.world_size > 1:
+        dist.barrier()
+    return TrainResult(
+        out_dir=out_dir,
+        best_checkpoint=best_path if best_path.is_file() else None,
+        last_checkpoint=last_path if last_path.is_file() else None,
+        best_metrics=best_metrics,
+        history=history,
+    )

@@ -43,7 +43,7 @@ class Preprocess:
         mean, std = tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"])
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"preprocess mean/std must have 3 values, got {mean} / {std}")
-        return cls(int(data["height"]), int(data["width"]), mean, std)  # type: ignore[arg-type]
+        return cls(int(data["height"]), int(data["width"]), mean, std)
 
 
 @dataclass
@@ -86,6 +86,8 @@ class ReIDModel(nn.Module):
     """
 
     architecture: ClassVar[str] = ""
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
     # Constructor arguments that only say how to initialise weights: they are not part of the saved config,
     # so rebuilding a model from a checkpoint never downloads or reads a weight file.
     INIT_ONLY_KEYS: ClassVar[frozenset[str]] = frozenset({"pretrained", "pose_weights"})

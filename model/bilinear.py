@@ -41,6 +41,9 @@ class CountSketch(nn.Module):
     The hash h and sign s are buffers so the sketch is saved with the checkpoint and identical after reloading.
     """
 
+    index: torch.Tensor
+    sign: torch.Tensor
+
     def __init__(self, in_dim: int, out_dim: int, generator: torch.Generator) -> None:
         super().__init__()
         self.in_dim, self.out_dim = in_dim, out_dim

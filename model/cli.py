@@ -75,3 +75,39 @@ def import_torchreid_main(argv: list[str] | None = None) -> int:
         f"-> {args.dst}"
     )
     return 0
+
+
+def import_openpose_main(argv: list[str] | None = None) -> int:
+    """reid-import-openpose: CMU OpenPose COCO body weights (body_pose_model.pth naming) -> pose-stream .safetensors.
+
+    The output holds all six stages in this project's tensor names; pass it as ``pose_weights`` when building
+    pose_bilinear (``model.options={"pose_weights": "openpose_body.safetensors"}``): any stage count loads from it.
+    """
+    from safetensors.torch import save_file
+
+    from model.pose import OpenPoseBody
+
+    parser = argparse.ArgumentParser(
+        prog="reid-import-openpose",
+        description="Convert CMU OpenPose COCO body weights (loaded with weights_only=True, strictly) into the "
+        "pose stream's .safetensors format.",
+    )
+    parser.add_argument("src", type=Path, help="CMU body weights, e.g. body_pose_model.pth")
+    parser.add_argument("dst", type=Path, help="output .safetensors")
+    parser.add_argument("--stages", type=int, default=6, help="stages to keep (1-6)")
+    args = parser.parse_args(argv)
+    if args.dst.suffix != ".safetensors":
+        parser.error("the destination must end in .safetensors")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        body = OpenPoseBody(stages=args.stages, output="parts+pafs", weights=args.src)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    args.dst.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in body.state_dict().items()}
+    save_file(state, str(args.dst), metadata={"source_file": args.src.name, "source_sha256": _sha256(args.src),
+                                              "stages": str(args.stages)})
+    print(f"wrote {len(state)} tensors ({args.stages} stages) to {args.dst}")
+    return 0

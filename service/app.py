@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -130,7 +131,7 @@ async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceSt
             max_side=settings.max_image_side,
             min_side=settings.min_image_side,
         ),
-        write_lock=asyncio.Lock(),
+        write_lock=threading.Lock(),
     )
 
 
@@ -138,6 +139,9 @@ async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceSt
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings or Settings()
     app.state.settings = settings
+    if not logging.getLogger().handlers:
+        # Plain `uvicorn service.app:app` configures only its own loggers; give ours a handler too.
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     previous_pixel_limit = Image.MAX_IMAGE_PIXELS
     state = await _build_state(settings, app.state.metrics)
     app.state.reid = state

@@ -6,9 +6,9 @@ async def list_collections(state: StateDep) -> ...
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated
@@ -51,7 +51,7 @@ class ServiceState:
     threshold: ThresholdPolicy
     image_limits: ImageLimits
     # Serialises (SQLite commit + index update) pairs so a concurrent delete cannot interleave between them.
-    write_lock: asyncio.Lock
+    write_lock: threading.Lock
     ready: bool = False
 
 

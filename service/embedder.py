@@ -30,9 +30,7 @@ def resolve_device(name: str) -> torch.device:
             raise RuntimeError(f"REID_DEVICE={name} but torch sees no CUDA device")
         index = device.index or 0
         if index >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"REID_DEVICE={name} but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
+            raise RuntimeError(f"REID_DEVICE={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
         device = torch.device("cuda", index)
     return device
 
@@ -50,9 +48,7 @@ class EmbedderInfo:
 class Embedder:
     """Owns the model on its device; turns uint8 crops (B, 3, H, W) into unit embeddings (B, D)."""
 
-    def __init__(
-        self, model: ReIDModel, spec: CheckpointSpec, device: torch.device, checkpoint: str = ""
-    ) -> None:
+    def __init__(self, model: ReIDModel, spec: CheckpointSpec, device: torch.device, checkpoint: str = "") -> None:
         self.model = model.to(device).eval()
         self.spec = spec
         self.device = device
@@ -77,16 +73,12 @@ class Embedder:
     @property
     def info(self) -> EmbedderInfo:
         autocast = str(self._autocast_dtype).removeprefix("torch.") if self._autocast_dtype else None
-        return EmbedderInfo(
-            checkpoint=self.checkpoint, device=str(self.device), autocast=autocast, spec=self.spec
-        )
+        return EmbedderInfo(checkpoint=self.checkpoint, device=str(self.device), autocast=autocast, spec=self.spec)
 
     def embed_batch(self, crops: np.ndarray) -> np.ndarray:
         """uint8 (B, 3, H, W) -> float32 (B, D), each row L2-normalised."""
         if crops.ndim != 4 or crops.shape[1:] != (3, *self.input_size):
-            raise ValueError(
-                f"expected crops (B, 3, {self.input_size[0]}, {self.input_size[1]}), got {crops.shape}"
-            )
+            raise ValueError(f"expected crops (B, 3, {self.input_size[0]}, {self.input_size[1]}), got {crops.shape}")
         batch = torch.from_numpy(np.ascontiguousarray(crops))
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)

@@ -37,9 +37,7 @@ _STATUS_CODES: dict[int, str] = {
 class ServiceError(Exception):
     """An error with an HTTP status, a stable machine-readable code and a message for humans."""
 
-    def __init__(
-        self, status_code: int, code: str, detail: str, headers: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, status_code: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status_code = status_code
         self.code = code
@@ -78,9 +76,7 @@ def error_body(code: str, detail: str) -> dict[str, str]:
     return {"error": code, "detail": detail}
 
 
-def error_response(
-    status_code: int, code: str, detail: str, headers: Mapping[str, str] | None = None
-) -> JSONResponse:
+def error_response(status_code: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(error_body(code, detail), status_code=status_code, headers=dict(headers or {}))
 
 
@@ -96,9 +92,7 @@ def describe_validation_errors(errors: Sequence[Any]) -> str:
 async def _service_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     if exc.status_code >= 500:
-        logger.warning(
-            "%s %s -> %d %s: %s", request.method, request.url.path, exc.status_code, exc.code, exc.detail
-        )
+        logger.warning("%s %s -> %d %s: %s", request.method, request.url.path, exc.status_code, exc.code, exc.detail)
     return error_response(exc.status_code, exc.code, exc.detail, exc.headers)
 
 

@@ -62,9 +62,7 @@ def decode_crop(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
     except Image.DecompressionBombError as exc:
-        raise ImageError(
-            413, "image_too_large", index, filename, f"decompression bomb refused: {exc}"
-        ) from exc
+        raise ImageError(413, "image_too_large", index, filename, f"decompression bomb refused: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(
             415,
@@ -74,9 +72,7 @@ def decode_crop(
             "not a JPEG, PNG or WebP image",
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(
-            400, "invalid_image", index, filename, f"cannot read the image header: {exc}"
-        ) from exc
+        raise ImageError(400, "invalid_image", index, filename, f"cannot read the image header: {exc}") from exc
 
     with image:
         width, height = image.size
@@ -87,9 +83,7 @@ def decode_crop(
             oriented = ImageOps.exif_transpose(image) or image
             rgb = oriented.convert("RGB")
         except Image.DecompressionBombError as exc:
-            raise ImageError(
-                413, "image_too_large", index, filename, f"decompression bomb refused: {exc}"
-            ) from exc
+            raise ImageError(413, "image_too_large", index, filename, f"decompression bomb refused: {exc}") from exc
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageError(
                 400, "invalid_image", index, filename, f"the image data is truncated or corrupt: {exc}"

@@ -44,9 +44,7 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.queue_depth = Gauge("reid_queue_depth", "Crops waiting for inference", registry=self.registry)
-        self.gallery_size = Gauge(
-            "reid_gallery_size", "Items per collection", ["collection"], registry=self.registry
-        )
+        self.gallery_size = Gauge("reid_gallery_size", "Items per collection", ["collection"], registry=self.registry)
         self.crops_embedded = Counter("reid_crops_embedded", "Crops embedded", registry=self.registry)
         self.rejected = Counter(
             "reid_rejected_requests", "Requests refused before inference", ["reason"], registry=self.registry

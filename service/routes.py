@@ -180,6 +180,47 @@ def _rank(hits: list[tuple[int, float]], rows: dict[int, GalleryRow], threshold:
     )
 
 
+# Writes touch SQLite then the index. Each pair runs in one worker-thread call under state.write_lock, so a
+# cancelled request (client gone) cannot stop between the commit and the index update, and a concurrent
+# delete cannot interleave between the two.
+
+
+def _commit_items(
+    state: ServiceState, collection: str, items: list[NewItem], embeddings: np.ndarray
+) -> list[GalleryRow]:
+    with state.write_lock:
+        rows = state.store.insert_items(collection, items)
+        ids = np.array([r.faiss_id for r in rows], dtype=np.int64)
+        try:
+            state.index.add(collection, ids, embeddings)
+        except Exception:
+            # Keep SQLite and the index in agreement: undo the commit, then report the failure.
+            logger.exception("index add failed; removing the %d rows just committed", len(rows))
+            for row in rows:
+                state.store.delete_item(row.id)
+            raise
+        state.metrics.set_gallery_size(collection, state.index.size(collection))
+    return rows
+
+
+def _delete_item(state: ServiceState, item_id: str) -> GalleryRow | None:
+    with state.write_lock:
+        row = state.store.delete_item(item_id)
+        if row is not None:
+            state.index.remove(row.collection, np.array([row.faiss_id], dtype=np.int64))
+            state.metrics.set_gallery_size(row.collection, state.index.size(row.collection))
+    return row
+
+
+def _delete_collection(state: ServiceState, name: str) -> list[int] | None:
+    with state.write_lock:
+        ids = state.store.delete_collection(name)
+        if ids is not None:
+            state.index.drop(name)
+            state.metrics.forget_collection(name)
+    return ids
+
+
 # ---------------------------------------------------------------- health
 
 
@@ -218,9 +259,7 @@ async def add_to_gallery(
     collection: CollectionForm,
     labels: Annotated[
         list[str],
-        Form(
-            description="Player identity per file, one field per file, in file order.", examples=[["home-7"]]
-        ),
+        Form(description="Player identity per file, one field per file, in file order.", examples=[["home-7"]]),
     ],
     metadata: Annotated[
         list[str] | None,
@@ -239,22 +278,9 @@ async def add_to_gallery(
         NewItem(label=label, metadata=meta, sha256=crop.sha256, embedding=emb)
         for label, meta, crop, emb in zip(labels, parsed_metadata, crops, embeddings, strict=True)
     ]
-    async with state.write_lock:
-        rows = await asyncio.to_thread(state.store.insert_items, collection, items)
-        ids = np.array([r.faiss_id for r in rows], dtype=np.int64)
-        try:
-            await asyncio.to_thread(state.index.add, collection, ids, embeddings)
-        except Exception:
-            # Keep SQLite and the index in agreement: undo the commit, then report the failure.
-            logger.exception("index add failed; rolling back %d committed rows", len(rows))
-            for row in rows:
-                await asyncio.to_thread(state.store.delete_item, row.id)
-            raise
-        state.metrics.set_gallery_size(collection, state.index.size(collection))
+    rows = await asyncio.to_thread(_commit_items, state, collection, items, embeddings)
     logger.info("registered %d crops in %s", len(rows), collection)
-    return GalleryAddResponse(
-        items=[GalleryItem(id=UUID(r.id), label=r.label, collection=r.collection) for r in rows]
-    )
+    return GalleryAddResponse(items=[GalleryItem(id=UUID(r.id), label=r.label, collection=r.collection) for r in rows])
 
 
 @api_router.get(
@@ -283,9 +309,7 @@ async def list_gallery(
     return GalleryPage(total=total, offset=offset, limit=limit, items=[_detail(r) for r in rows])
 
 
-ItemIdPath = Annotated[
-    UUID, Path(description="Gallery item id.", examples=["3f1c2a9e-7b4d-4e8a-9c0f-2d6b5a1e8f70"])
-]
+ItemIdPath = Annotated[UUID, Path(description="Gallery item id.", examples=["3f1c2a9e-7b4d-4e8a-9c0f-2d6b5a1e8f70"])]
 
 
 @api_router.get(
@@ -310,12 +334,9 @@ async def get_gallery_item(state: StateDep, item_id: ItemIdPath) -> GalleryItemD
     summary="Delete one gallery item",
 )
 async def delete_gallery_item(state: StateDep, item_id: ItemIdPath) -> DeletedItem:
-    async with state.write_lock:
-        row = await asyncio.to_thread(state.store.delete_item, str(item_id))
-        if row is None:
-            raise NotFoundError("item_not_found", f"no gallery item with id {item_id}")
-        await asyncio.to_thread(state.index.remove, row.collection, np.array([row.faiss_id], dtype=np.int64))
-        state.metrics.set_gallery_size(row.collection, state.index.size(row.collection))
+    row = await asyncio.to_thread(_delete_item, state, str(item_id))
+    if row is None:
+        raise NotFoundError("item_not_found", f"no gallery item with id {item_id}")
     return DeletedItem(id=item_id, collection=row.collection, deleted=True)
 
 
@@ -348,12 +369,9 @@ async def delete_collection(
         str, Path(pattern=COLLECTION_PATTERN, description="Collection name.", examples=["match-2024-05-12"])
     ],
 ) -> DeletedCollection:
-    async with state.write_lock:
-        ids = await asyncio.to_thread(state.store.delete_collection, name)
-        if ids is None:
-            raise NotFoundError("collection_not_found", f"collection {name!r} does not exist")
-        state.index.drop(name)
-        state.metrics.forget_collection(name)
+    ids = await asyncio.to_thread(_delete_collection, state, name)
+    if ids is None:
+        raise NotFoundError("collection_not_found", f"collection {name!r} does not exist")
     logger.info("deleted collection %s (%d items)", name, len(ids))
     return DeletedCollection(name=name, deleted_items=len(ids))
 

@@ -73,9 +73,7 @@ class Candidate(BaseModel):
 
 class QueryResult(BaseModel):
     matches: list[Match] = Field(description="Up to top_k gallery items, best first.")
-    candidates: list[Candidate] = Field(
-        description="The matches grouped by label (best score each), best first."
-    )
+    candidates: list[Candidate] = Field(description="The matches grouped by label (best score each), best first.")
     match: str | None = Field(
         description="Best label when its score reaches the threshold, else null (nobody close enough).",
         examples=["home-7"],
@@ -90,9 +88,7 @@ class QueryResponse(BaseModel):
 class CollectionInfoOut(BaseModel):
     name: str = Field(description="Collection name.", examples=["match-2024-05-12"])
     size: int = Field(description="Items in it.", examples=[230])
-    created_at: str = Field(
-        description="UTC creation time (ISO 8601).", examples=["2024-05-12T18:00:00.000+00:00"]
-    )
+    created_at: str = Field(description="UTC creation time (ISO 8601).", examples=["2024-05-12T18:00:00.000+00:00"])
 
 
 class CollectionsResponse(BaseModel):
@@ -105,17 +101,13 @@ class DeletedCollection(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: str = Field(
-        description="'ok' (alive) or 'ready' (model warmed up, index loaded).", examples=["ok"]
-    )
+    status: str = Field(description="'ok' (alive) or 'ready' (model warmed up, index loaded).", examples=["ok"])
 
 
 class InfoResponse(BaseModel):
     architecture: str = Field(description="Network architecture of the checkpoint.", examples=["osnet_x0_25"])
     embedding_dim: int = Field(description="Embedding dimension D.", examples=[512])
-    input_size: tuple[int, int] = Field(
-        description="Model input (height, width) in pixels.", examples=[[256, 128]]
-    )
+    input_size: tuple[int, int] = Field(description="Model input (height, width) in pixels.", examples=[[256, 128]])
     threshold: float = Field(description="Default match threshold in use.", examples=[0.55])
     threshold_source: str = Field(
         description="Where it comes from: env, checkpoint or default.", examples=["checkpoint"]
@@ -126,9 +118,7 @@ class InfoResponse(BaseModel):
     device: str = Field(description="Where inference runs.", examples=["cuda:0"])
     autocast: str | None = Field(description="Autocast dtype on GPU, null on CPU.", examples=["bfloat16"])
     format_version: int = Field(description="Checkpoint format version.", examples=[1])
-    checkpoint: str = Field(
-        description="Checkpoint file name.", examples=["osnet_x0_25_soccernet.safetensors"]
-    )
+    checkpoint: str = Field(description="Checkpoint file name.", examples=["osnet_x0_25_soccernet.safetensors"])
     metrics: dict[str, Any] = Field(
         description="Evaluation metrics stored in the checkpoint.", examples=[{"mAP": 0.71, "rank1": 0.83}]
     )

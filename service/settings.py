@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     decode_workers: int = Field(default=4, ge=1, description="Threads decoding and resizing uploads.")
     warmup_batches: int = Field(default=2, ge=0, description="Dummy batches run before /readyz turns 200.")
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 503 overloaded.")
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads (CPU).")
 
     @field_validator("device")

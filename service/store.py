@@ -148,9 +148,7 @@ class GalleryStore:
                 updates["model_fingerprint"] = model_fingerprint
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany(
-                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", updates.items()
-                )
+                self._conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", updates.items())
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -201,9 +199,7 @@ class GalleryStore:
 
     def get(self, item_id: str) -> GalleryRow | None:
         with self._lock:
-            found = self._conn.execute(
-                f"SELECT {_ROW_COLUMNS} FROM items WHERE id = ?", (item_id,)
-            ).fetchone()
+            found = self._conn.execute(f"SELECT {_ROW_COLUMNS} FROM items WHERE id = ?", (item_id,)).fetchone()
         return None if found is None else _row(found)
 
     def get_embedding(self, item_id: str) -> np.ndarray | None:
@@ -243,9 +239,7 @@ class GalleryStore:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                found = self._conn.execute(
-                    f"SELECT {_ROW_COLUMNS} FROM items WHERE id = ?", (item_id,)
-                ).fetchone()
+                found = self._conn.execute(f"SELECT {_ROW_COLUMNS} FROM items WHERE id = ?", (item_id,)).fetchone()
                 if found is not None:
                     self._conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
                 self._conn.execute("COMMIT")
@@ -262,12 +256,7 @@ class GalleryStore:
                 exists = self._conn.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone()
                 ids: list[int] = []
                 if exists is not None:
-                    ids = [
-                        r[0]
-                        for r in self._conn.execute(
-                            "SELECT faiss_id FROM items WHERE collection = ?", (name,)
-                        )
-                    ]
+                    ids = [r[0] for r in self._conn.execute("SELECT faiss_id FROM items WHERE collection = ?", (name,))]
                     self._conn.execute("DELETE FROM items WHERE collection = ?", (name,))
                     self._conn.execute("DELETE FROM collections WHERE name = ?", (name,))
                 self._conn.execute("COMMIT")
@@ -278,9 +267,7 @@ class GalleryStore:
 
     def collection_exists(self, name: str) -> bool:
         with self._lock:
-            return (
-                self._conn.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone() is not None
-            )
+            return self._conn.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone() is not None
 
     def collections(self) -> list[CollectionInfo]:
         with self._lock:

@@ -4,9 +4,9 @@ threshold behaviour, concurrent clients, limits over real sockets."""
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx

@@ -41,7 +41,8 @@ match, action or camera set) with `POST /gallery`, then ask who a crop is with `
 with cosine scores, candidates grouped by player, and `match: null` when nobody is close enough.
 
 Every error answers `{"error": code, "detail": message}`. When the server runs with `REID_API_KEY`, send it
-in the `X-API-Key` header on every route except `/healthz`, `/readyz` and the docs.
+in the `X-API-Key` header (or as `Authorization: Bearer <key>`) on every route except `/healthz`, `/readyz` and
+the docs.
 """
 
 
@@ -157,7 +158,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         state.ready = False
-        await asyncio.to_thread(state.batcher.stop)
+        # uvicorn has already waited for the in-flight requests; drain anyway so no queued crop is dropped.
+        await asyncio.to_thread(state.batcher.stop, 30.0, drain=True)
         state.decode_pool.shutdown(wait=True)
         await asyncio.to_thread(state.store.close)
         app.state.reid = None

@@ -110,19 +110,32 @@ class DynamicBatcher:
         self._thread = threading.Thread(target=self._run, name="reid-inference", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Finish the batch in flight, fail whatever is still queued, and join the worker."""
+    def stop(self, timeout: float = 10.0, *, drain: bool = False) -> None:
+        """Refuse new work, finish the batch in flight and join the worker.
+
+        drain=False fails whatever is still queued at once; drain=True (graceful shutdown) lets the worker embed
+        it first, and fails only what is left when ``timeout`` runs out.
+        """
         with self._cond:
             self._stopping = True
-            leftovers = list(self._queue)
-            self._queue.clear()
+            leftovers = [] if drain else list(self._queue)
+            if not drain:
+                self._queue.clear()
+            pending = len(self._queue)
             self._cond.notify_all()
+        if drain and pending:
+            logger.info("draining %d queued crops before stopping", pending)
         for item in leftovers:
             self._fail(item.job, NotReadyError("the service is shutting down"))
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 logger.warning("inference worker did not stop within %.1f s", timeout)
+        with self._cond:
+            leftovers = list(self._queue)
+            self._queue.clear()
+        for item in leftovers:
+            self._fail(item.job, NotReadyError("the service is shutting down"))
         self._report_depth(0)
 
     async def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.batching import DynamicBatcher
 from service.embedder import Embedder
@@ -76,17 +76,33 @@ _api_key_header = APIKeyHeader(
 )
 
 
+# Prometheus (and most HTTP clients) send a key as `Authorization: Bearer <key>`; it is accepted as well.
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="Alternative to X-API-Key: `Authorization: Bearer <REID_API_KEY>` (e.g. a Prometheus scrape).",
+)
+
+
+def _same_key(given: str | None, expected: str) -> bool:
+    # compare_digest: the time taken does not reveal how many leading characters matched.
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
 def require_api_key(
     settings: Annotated[Settings, Depends(get_settings)],
     api_key: Annotated[str | None, Security(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> None:
-    """401 unless X-API-Key equals REID_API_KEY (when one is configured)."""
+    """401 unless X-API-Key or the Authorization bearer token equals REID_API_KEY (when one is configured)."""
     expected = settings.api_key
     if expected is None:
         return
-    # compare_digest: the time taken does not reveal how many leading characters matched.
-    if api_key is None or not hmac.compare_digest(api_key.encode(), expected.encode()):
-        raise ServiceError(401, "unauthorized", "missing or wrong X-API-Key header")
+    token = bearer.credentials if bearer is not None else None
+    # Both are compared every time (no short-circuit), so timing does not tell which header was checked.
+    header_ok = _same_key(api_key, expected)
+    bearer_ok = _same_key(token, expected)
+    if not (header_ok or bearer_ok):
+        raise ServiceError(401, "unauthorized", "missing or wrong API key (X-API-Key or Authorization: Bearer)")
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]

@@ -46,8 +46,8 @@ class IndexConfig:
     """When to leave exact search, and the HNSW knobs used after that."""
 
     hnsw_min_size: int = 50_000
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 200
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 100
     hnsw_ef_search: int = 128
     use_gpu: bool = False
 

@@ -41,6 +41,8 @@ from service.store import GalleryRow, NewItem
 logger = logging.getLogger(__name__)
 
 MAX_LABEL_LENGTH = 128
+# SQLite integers are 64-bit (a larger OFFSET raised OverflowError -> 500); 2**53 also stays exact in JSON clients.
+MAX_OFFSET = 2**53
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -52,7 +54,7 @@ api_router = APIRouter(dependencies=[Depends(require_api_key)], responses=_error
 
 FilesField = Annotated[
     list[UploadFile],
-    File(description="One or more player crops (JPEG, PNG or WebP), one part per crop."),
+    File(min_length=1, description="One or more player crops (JPEG, PNG or WebP), one part per crop."),
 ]
 CollectionForm = Annotated[
     str,
@@ -259,7 +261,11 @@ async def add_to_gallery(
     collection: CollectionForm,
     labels: Annotated[
         list[str],
-        Form(description="Player identity per file, one field per file, in file order.", examples=[["home-7"]]),
+        Form(
+            min_length=1,
+            description="Player identity per file, one field per file, in file order.",
+            examples=[["home-7"]],
+        ),
     ],
     metadata: Annotated[
         list[str] | None,
@@ -300,7 +306,7 @@ async def list_gallery(
             examples=["match-2024-05-12"],
         ),
     ] = None,
-    offset: Annotated[int, Query(ge=0, description="Items to skip.", examples=[0])] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.", examples=[0])] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.", examples=[50])] = 50,
 ) -> GalleryPage:
     if collection is not None:
@@ -416,7 +422,7 @@ async def info(state: StateDep) -> InfoResponse:
     return InfoResponse(
         architecture=spec.architecture,
         embedding_dim=spec.embedding_dim,
-        input_size=(spec.preprocess.height, spec.preprocess.width),
+        input_size=[spec.preprocess.height, spec.preprocess.width],
         threshold=state.threshold.value,
         threshold_source=state.threshold.source,
         checkpoint_threshold=state.threshold.checkpoint_value,

@@ -107,7 +107,10 @@ class HealthResponse(BaseModel):
 class InfoResponse(BaseModel):
     architecture: str = Field(description="Network architecture of the checkpoint.", examples=["osnet_x0_25"])
     embedding_dim: int = Field(description="Embedding dimension D.", examples=[512])
-    input_size: tuple[int, int] = Field(description="Model input (height, width) in pixels.", examples=[[256, 128]])
+    # A list, not tuple[int, int]: OpenAPI 3.1 `prefixItems` trips up common schema tools (schemathesis among them).
+    input_size: list[int] = Field(
+        min_length=2, max_length=2, description="Model input [height, width] in pixels.", examples=[[256, 128]]
+    )
     threshold: float = Field(description="Default match threshold in use.", examples=[0.55])
     threshold_source: str = Field(
         description="Where it comes from: env, checkpoint or default.", examples=["checkpoint"]

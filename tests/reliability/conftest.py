@@ -1,0 +1,48 @@
+"""Fixtures for reliability tests: every test drives a real uvicorn process (tests/support/live_server.py).
+
+Long variants (the 30 s overload soak, more kill points) run only with REID_RUN_SLOW=1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.checkpoints import make_tiny_checkpoint
+from tests.support.live_server import LiveServer, server_env
+
+logger = logging.getLogger(__name__)
+
+ServerFactory = Callable[..., LiveServer]
+
+RUN_SLOW = os.environ.get("REID_RUN_SLOW", "") == "1"
+
+
+@pytest.fixture(scope="session")
+def reliability_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("reliability-ckpt") / "tiny.safetensors")
+
+
+@pytest.fixture()
+def make_server(reliability_checkpoint: Path, tmp_path: Path) -> Iterator[ServerFactory]:
+    """make_server(data_dir=None, start=True, **REID_env_overrides) -> LiveServer (stopped at test end)."""
+    servers: list[LiveServer] = []
+
+    def factory(data_dir: Path | None = None, start: bool = True, **extra: str) -> LiveServer:
+        env = server_env(reliability_checkpoint, data_dir or tmp_path / "data", **extra)
+        server = LiveServer(env, log_path=tmp_path / f"server{len(servers)}.log")
+        servers.append(server)
+        return server.start() if start else server
+
+    yield factory
+    for server in servers:
+        server.stop()
+
+
+def report(name: str, **figures: object) -> None:
+    """Print one line of figures (visible with -s or in the captured output of a failing test)."""
+    print(f"[reliability] {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))

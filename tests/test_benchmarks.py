@@ -1,0 +1,71 @@
+"""Smoke tests: every benchmark script runs with --quick on toy sizes and writes the JSON it promises.
+
+No timing is asserted (benchmarks are scripts, not tests); only keys and sane values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import embed_throughput, index_scale, profile_hot_path, service_load
+
+pytestmark = pytest.mark.slow
+
+
+def _run(main: Any, out: Path) -> dict[str, Any]:
+    assert main(["--quick", "--out", str(out), "--log-level", "WARNING"]) == 0
+    data: dict[str, Any] = json.loads(out.read_text())
+    assert data["quick"] is True
+    assert data["machine"]["cpu_count"] >= 1
+    return data
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_embed_throughput_quick(tmp_path: Path) -> None:
+    data = _run(embed_throughput.main, tmp_path / "embed.json")
+    assert {(r["architecture"], r["channels_last"]) for r in data["rows"]} == {
+        ("osnet_x0_25", False),
+        ("osnet_x0_25", True),
+    }
+    assert all(_positive(r["crops_per_s"]) and r["embedding_dim"] == 512 for r in data["rows"])
+
+
+def test_index_scale_quick(tmp_path: Path) -> None:
+    data = _run(index_scale.main, tmp_path / "index.json")
+    kinds = {r["index"] for r in data["rows"]}
+    assert kinds == {"flat", "ivf", "hnsw"}
+    for row in data["rows"]:
+        assert _positive(row["qps"]) and _positive(row["memory_mib"])
+        assert 0.0 <= row["recall_at_10"] <= 1.0
+    assert next(r for r in data["rows"] if r["index"] == "flat")["recall_at_10"] == 1.0
+    (rebuild,) = data["rebuild"]
+    assert rebuild["rebuild_flat_only_kind"] == "flat"
+    assert _positive(rebuild["rebuild_service_default_s"])
+
+
+def test_profile_hot_path_quick(tmp_path: Path) -> None:
+    data = _run(profile_hot_path.main, tmp_path / "profile.json")
+    assert all(_positive(ms) for ms in data["stages_ms"].values())
+    assert _positive(data["http_request_ms"])
+    assert data["forward_share"] > 0
+
+
+def test_service_load_quick(tmp_path: Path) -> None:
+    data = _run(service_load.main, tmp_path / "service.json")
+    assert _positive(data["raw"]["best_crops_per_s"])
+    modes = {(p["mode"], p["crops_per_request"], p["concurrency"]) for p in data["points"]}
+    assert ("unbatched", 1, 4) in modes and ("batched", 4, 1) in modes
+    for point in data["points"]:
+        assert point["errors"] == 0 and point["requests"] >= 1
+        assert _positive(point["crops_per_s"]) and point["p50_ms"] <= point["p99_ms"]
+        assert 1 <= point["mean_batch_size"] <= point["max_batch_size"]
+    assert _positive(data["ratios"]["service_over_raw_at_saturation"])
+    assert _positive(data["ratios"]["batched_over_unbatched_at_c4"])

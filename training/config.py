@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +29,38 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration key or value is invalid; the message names the dotted key."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML 1.2-style scalars: only true/false are booleans (PyYAML's YAML 1.1 default also turns yes/no/on/off
+    into booleans, which would let ``amp: off`` slip through as False), and ``1e-3`` is a float, not a string."""
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:bool",
+                                                                        "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_StrictLoader)  # safe: _StrictLoader is a SafeLoader subclass
+
+
+@dataclass(frozen=True)
+class _Override:
+    """A command-line value: parsed as JSON, with the raw text kept for string fields (``run.out_dir=2024``)."""
+
+    parsed: Any
+    raw: str
 
 
 @dataclass(frozen=True)
@@ -108,6 +141,10 @@ class TrainConfig:
 
 def _check_value(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
+    if isinstance(value, _Override):
+        options = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
+        # A string field takes the text as typed, even when it happens to parse as JSON ("2024", "true").
+        value = value.raw if str in options and value.parsed is not None else value.parsed
     if hint is Any:
         return value
     if origin in (typing.Union, types.UnionType):
@@ -169,21 +206,27 @@ def build_dataclass(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """'optim.lr=0.001' -> (['optim', 'lr'], 0.001)."""
+    """'optim.lr=0.001' -> (['optim', 'lr'], 0.001): JSON when the value parses as JSON, else the raw string."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form dotted.key=value")
     key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if not all(path):
+        raise ConfigError(f"override {text!r}: empty key segment")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
-    return key.strip().split("."), value
+    return path, value
 
 
 def merge_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``data[path[0]][path[1]]... = value``, creating sections on the way."""
     node = data
     for part in path[:-1]:
         node = node.setdefault(part, {})
+        if node is None:  # "model:" with nothing under it in the YAML file
+            node = {}
         if not isinstance(node, dict):
             raise ConfigError(f"override {'.'.join(path)}: {part} is not a section")
     node[path[-1]] = value
@@ -193,13 +236,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults <- YAML file <- dotted overrides, validated into a frozen TrainConfig."""
     data: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text())
+        loaded = _yaml_load(Path(path).read_text())
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         data = loaded or {}
     for text in overrides or []:
         key_path, value = parse_override(text)
-        merge_override(data, key_path, value)
+        raw = text.split("=", 1)[1]
+        merge_override(data, key_path, value if isinstance(value, str) else _Override(value, raw))
     return build_dataclass(TrainConfig, data)
 
 

@@ -120,11 +120,15 @@ def calibrate_with_distractors(
 
 @dataclass
 class EvalResult:
+    """metrics (mAP, rank1, cmc, ...), the calibrated threshold, both embedding sets, distmat (num_q, num_g)
+    and the protocol ("soccernet": rank within each action; "market": drop same id + same camera)."""
+
     metrics: dict[str, Any]
     calibration: Calibration
     query: Embeddings
     gallery: Embeddings
     distmat: np.ndarray
+    protocol: str = "soccernet"
 
 
 def protocol_for(split: ReidSplit) -> str:
@@ -145,8 +149,9 @@ def evaluate_model(
         raise ValueError(f"{split.name}: evaluation needs query and gallery samples")
     query = extract_embeddings(model, split.query, device, batch_size, workers, amp, progress)
     gallery = extract_embeddings(model, split.gallery, device, batch_size, workers, amp, progress)
-    metrics, distmat = score(query, gallery, protocol_for(split))
+    protocol = protocol_for(split)
+    metrics, distmat = score(query, gallery, protocol)
     calibration = calibrate_with_distractors(query, gallery)
     logger.info("%s: mAP %.4f rank-1 %.4f threshold %.3f", split.name, metrics["mAP"], metrics["rank1"],
                 calibration.threshold)
-    return EvalResult(metrics, calibration, query, gallery, distmat)
+    return EvalResult(metrics, calibration, query, gallery, distmat, protocol)

@@ -163,21 +163,36 @@ def train_step(
     return {name: float(value.detach()) for name, value in terms.items()}
 
 
+def passes_per_epoch(steps: int | None, batches_per_pass: int) -> int:
+    """How many sampler plans one epoch of ``steps`` batches draws from (1 when ``steps`` is None)."""
+    if steps is None:
+        return 1
+    if batches_per_pass < 1:
+        raise ValueError(f"the sampler yields no batch (len {batches_per_pass})")
+    return -(-steps // batches_per_pass)
+
+
 def cycle_batches(loader: DataLoader, sampler: PKSampler, epoch: int, steps: int | None) -> Iterator[Any]:
-    """The loader's batches of one epoch, truncated or repeated (next sampler epochs) to ``steps`` when set."""
-    sampler.set_epoch(epoch)
+    """The loader's batches of one epoch, truncated or repeated to ``steps`` when set.
+
+    Each pass over the loader uses a fresh sampler plan; plans are numbered epoch * passes + repeat so that
+    no two passes of the whole run ever share one (numbering them epoch * 1000 + repeat, or epoch + repeat,
+    made epoch 0's second pass replay epoch 1's plan).
+    """
+    passes = passes_per_epoch(steps, len(sampler))
+    sampler.set_epoch(epoch * passes)
     if steps is None:
         yield from loader
         return
-    produced, repeat = 0, 0
-    while produced < steps:
+    produced = 0
+    for repeat in range(passes):
+        sampler.set_epoch(epoch * passes + repeat)
         for batch in loader:
             yield batch
             produced += 1
             if produced == steps:
                 return
-        repeat += 1
-        sampler.set_epoch(epoch * 1000 + repeat)
+    raise RuntimeError(f"the loader produced {produced} of {steps} batches")  # only if len(sampler) lied
 
 
 # ------------------------------------------------------------------------------------------------- train
@@ -209,29 +224,60 @@ def _save_eval_checkpoint(model: ReIDModel, path: Path, result: EvalResult, meta
     save_checkpoint(model, path, threshold=result.calibration.threshold, metrics=metrics, train_meta=meta)
 
 
-def write_plots(out_dir: Path, history: list[dict[str, Any]], result: EvalResult | None) -> None:
-    """Loss curves, CMC curve and a ranked-retrieval grid, as PNG files under out_dir/plots."""
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl file (every call of a resumed run), oldest first; [] when absent."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def ranked_candidates(result: EvalResult, top: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Per query the best ``top`` gallery indices among its valid candidates, and whether each is a match.
+
+    Candidates follow the split's protocol: SoccerNet ranks only the query's own action; the Market protocol
+    drops gallery items of the same identity seen by the same camera. ``top`` shrinks to the smallest
+    candidate list, so every row has the same length. Returns (ranked (num_q, top), correct (num_q, top)).
+    """
+    q, g = result.query, result.gallery
+    if result.protocol == "soccernet":
+        # Integer codes: comparing object arrays of group labels elementwise breaks when a label is a tuple.
+        codes: dict[Any, int] = {}
+        q_codes = np.array([codes.setdefault(_hashable(x), len(codes)) for x in q.groups])
+        g_codes = np.array([codes.setdefault(_hashable(x), len(codes)) for x in g.groups])
+        valid = g_codes[None, :] == q_codes[:, None]
+    else:
+        valid = ~((g.pids[None, :] == q.pids[:, None]) & (g.camids[None, :] == q.camids[:, None]))
+    top = int(min(top, valid.sum(axis=1).min())) if len(q.pids) else 0
+    if top < 1:
+        raise ValueError("some query has no gallery candidate: nothing to rank")
+    order = np.argsort(np.where(valid, result.distmat, np.inf), axis=1, kind="stable")[:, :top]
+    return order, g.pids[order] == q.pids[:, None]
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list | np.ndarray) else value
+
+
+def write_plots(out_dir: Path, history: list[dict[str, Any]], result: EvalResult | None) -> list[Path]:
+    """Loss curves (from ``history``), a CMC curve and a ranked-retrieval grid as PNG files under out_dir/plots.
+
+    Returns the written paths.
+    """
     from training.plots import plot_cmc, plot_loss_curves, plot_ranked_grid
 
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
     steps = [r for r in history if "loss" in r]
     if steps:
-        plot_loss_curves(steps, plots / "loss.png")
+        written.append(plot_loss_curves(steps, plots / "loss.png"))
     if result is None:
-        return
-    plot_cmc(result.metrics["cmc"], plots / "cmc.png")
-    order = np.argsort(result.distmat, axis=1, kind="stable")
-    top = min(10, result.distmat.shape[1])
-    ranked = order[:, :top]
-    correct = result.gallery.pids[ranked] == result.query.pids[:, None]
-    if result.query.groups is not None:
-        # Items of another action are not candidates under the SoccerNet protocol; show within-group ranks.
-        same_group = result.gallery.groups[order] == result.query.groups[:, None]
-        ranked = np.stack([row[mask][:top] for row, mask in zip(order, same_group, strict=True)]) \
-            if all(mask.sum() >= top for mask in same_group) else ranked
-        correct = result.gallery.pids[ranked] == result.query.pids[:, None]
-    plot_ranked_grid(result.query.paths, result.gallery.paths, ranked, correct, plots / "ranked.png", top=top)
+        return written
+    written.append(plot_cmc(result.metrics["cmc"], plots / "cmc.png"))
+    ranked, correct = ranked_candidates(result)
+    written.append(plot_ranked_grid(result.query.paths, result.gallery.paths, ranked, correct, plots / "ranked.png",
+                                    top=ranked.shape[1]))
+    return written
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -280,9 +326,13 @@ def train(config: TrainConfig) -> TrainResult:
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch, step, best_map = state["epoch"], state["step"], state["best_map"]
+        start_epoch, step, best_map = int(state["epoch"]), int(state["step"]), float(state["best_map"])
         best_metrics = json.loads(state["best_metrics"])
-        logger.info("resumed from %s at epoch %d (step %d)", state_path, start_epoch, step)
+        logger.info("resumed from %s at epoch %d (step %d, best mAP %.4f)", state_path, start_epoch, step, best_map)
+    elif info.is_main:
+        # A fresh run must not append to (or later plot) the records of an earlier run in the same folder.
+        for stale in (metrics_path, state_path, out_dir / "best.safetensors", out_dir / "last.safetensors"):
+            stale.unlink(missing_ok=True)
 
     if info.world_size > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -298,18 +348,28 @@ def train(config: TrainConfig) -> TrainResult:
         from tqdm import tqdm
 
         progress = tqdm(total=total_steps, initial=step, desc="training", unit="step")
+    if start_epoch >= config.optim.epochs:
+        logger.info("nothing to do: the state in %s is at epoch %d of %d", state_path, start_epoch,
+                    config.optim.epochs)
     for epoch in range(start_epoch, config.optim.epochs):
-        started = time.perf_counter()
+        started = tick = time.perf_counter()
+        images_seen = 0
         for images, pids, _, _ in cycle_batches(loader, sampler, epoch, config.optim.steps_per_epoch):
+            # The rate for this step is read before it runs, so it covers the loader's wait as well.
+            lr = scheduler.get_last_lr()[0]
             terms = train_step(model, images, pids, criterion, optimizer, device, config.run.amp,
                                config.optim.grad_clip, config.run.channels_last)
             scheduler.step()
             step += 1
+            images_seen += len(pids)
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{terms['loss']:.3f}", epoch=epoch + 1)
             if info.is_main and (step % config.run.log_every == 0 or step == total_steps):
-                record = {"step": step, "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **terms}
+                now = time.perf_counter()
+                record = {"step": step, "epoch": epoch + 1, "lr": lr, **terms,
+                          "images_per_s": round(images_seen * info.world_size / max(now - tick, 1e-9), 2)}
+                tick, images_seen = now, 0
                 history.append(record)
                 _append_jsonl(metrics_path, record)
         is_last = epoch + 1 == config.optim.epochs
@@ -347,7 +407,8 @@ def train(config: TrainConfig) -> TrainResult:
     if progress is not None:
         progress.close()
     if info.is_main:
-        write_plots(out_dir, history, last_result)
+        # The whole file, so the loss plot of a resumed run covers its earlier calls too.
+        write_plots(out_dir, read_metrics(metrics_path), last_result)
     if info.world_size > 1:
         dist.barrier()
     return TrainResult(

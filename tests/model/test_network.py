@@ -17,7 +17,7 @@ SMALL = {
 
 
 def test_factory_lists_valid_names_on_unknown_architecture() -> None:
-    with pytest.raises(ValueError, match="valid: .*osnet_x0_25.*pose_bilinear.*resnet50"):
+    with pytest.raises(ValueError, match=r"valid: .*osnet_x0_25.*pose_bilinear.*resnet50"):
         build_model("resnet101")
 
 

@@ -138,6 +138,20 @@ class DynamicBatcher:
             self._fail(item.job, NotReadyError("the service is shutting down"))
         self._report_depth(0)
 
+    def ensure_capacity(self, count: int) -> None:
+        """Refuse early (OverloadedError) when ``count`` more crops would not fit in the queue right now.
+
+        A cheap pre-check before decoding uploads, so refusing under overload costs little; ``embed`` still
+        makes the binding check, since the queue may fill up while the request decodes.
+        """
+        depth = len(self._queue)
+        if depth + count > self.max_queue:
+            raise OverloadedError(
+                f"inference queue full ({depth} of {self.max_queue} crops waiting, this request adds {count}); "
+                "retry later",
+                self.retry_after_s,
+            )
+
     async def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Embed one request's crops ((3, H, W) uint8 each) -> (N, D) float32 rows in input order.
 

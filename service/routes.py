@@ -104,6 +104,15 @@ async def _decode_all(state: ServiceState, files: list[UploadFile]) -> list[Deco
     return [d for d in decoded if isinstance(d, DecodedCrop)]
 
 
+def _admit(state: ServiceState, count: int) -> None:
+    """Refuse a request under overload before paying for decoding its uploads."""
+    try:
+        state.batcher.ensure_capacity(count)
+    except OverloadedError:
+        state.metrics.rejected.labels(reason="overloaded").inc()
+        raise
+
+
 async def _embed(state: ServiceState, crops: list[DecodedCrop]) -> np.ndarray:
     try:
         return await state.batcher.embed([c.pixels for c in crops])
@@ -278,6 +287,7 @@ async def add_to_gallery(
     _check_file_count(state, files)
     _check_labels(labels, len(files))
     parsed_metadata = _parse_metadata(metadata, len(files))
+    _admit(state, len(files))
     crops = await _decode_all(state, files)
     embeddings = await _embed(state, crops)
     items = [
@@ -404,6 +414,7 @@ async def query(
 ) -> QueryResponse:
     _check_file_count(state, files)
     await _require_collection(state, collection)
+    _admit(state, len(files))
     crops = await _decode_all(state, files)
     embeddings = await _embed(state, crops)
     hits = await asyncio.to_thread(state.index.search, collection, embeddings, top_k)

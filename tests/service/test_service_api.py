@@ -186,3 +186,18 @@ def test_openapi_documents_every_field_with_examples(client: Any) -> None:
     form = schemas[form_schema_ref["$ref"].rsplit("/", 1)[-1]]
     assert {"files", "collection", "top_k", "threshold"} <= set(form["properties"])
     assert form["properties"]["top_k"]["maximum"] == 1000
+
+
+def test_overload_is_refused_before_uploads_are_decoded(make_client: AppFactory) -> None:
+    """A request that cannot fit in the inference queue gets 503 at once: junk bytes are not even decoded."""
+    client = make_client(max_queue=2)
+    register(client, "busy", [0])
+    junk = [b"not an image at all"] * 3
+    for path, data in (("/query", {"collection": "busy"}), ("/gallery", {"collection": "busy", "labels": ["a"] * 3})):
+        response = client.post(path, files=files_field(*junk), data=data)
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "overloaded"
+        assert response.headers["Retry-After"] == "1"
+    assert client.get("/gallery", params={"collection": "busy"}).json()["total"] == 1
+    # Small enough requests still go through.
+    assert query(client, "busy", [player_png(0)])["results"][0]["match"] == "player-0"

@@ -97,6 +97,10 @@ def test_full_queue_answers_overloaded_and_keeps_working() -> None:
         with pytest.raises(OverloadedError) as info:
             await batcher.embed([crop(5), crop(6)])  # 3 queued + 2 > 4: refused whole
         assert info.value.status_code == 503 and info.value.headers["Retry-After"] == "1"
+        # The cheap pre-check (run before decoding uploads) agrees with the binding one.
+        with pytest.raises(OverloadedError):
+            batcher.ensure_capacity(2)
+        batcher.ensure_capacity(1)
         model.gate.set()
         await first
         result = await waiting

@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sections = [
         ("service_load", "Service load", service_section),
+        ("service_load_threads1", "Service load, 1 torch thread, quiet machine", service_section),
         ("embed_throughput", "Embedding throughput", embed_section),
         ("index_scale", "Index scale", index_section),
         ("index_rebuild", "Rebuild from SQLite", rebuild_section),

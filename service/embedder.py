@@ -16,23 +16,9 @@ import numpy as np
 import torch
 
 from model import CheckpointSpec, ReIDModel, load_checkpoint
+from model.device import resolve_device
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> the first GPU when torch sees one, else CPU; 'cuda:N' is checked against the GPUs present."""
-    if name == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"REID_DEVICE={name} but torch sees no CUDA device")
-        index = device.index or 0
-        if index >= torch.cuda.device_count():
-            raise RuntimeError(f"REID_DEVICE={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
-        device = torch.device("cuda", index)
-    return device
 
 
 @dataclass(frozen=True)

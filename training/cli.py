@@ -72,8 +72,9 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def eval_main(argv: list[str] | None = None) -> int:
     """reid-eval CHECKPOINT --data-format F --data-root R [--out DIR] [--rerank]: metrics JSON and plots."""
+    from model.device import resolve_device
     from training.inference import evaluate_model, protocol_for
-    from training.loop import resolve_device, write_plots
+    from training.loop import write_plots
 
     parser = argparse.ArgumentParser(prog="reid-eval", description="Evaluate a checkpoint on a data set.")
     parser.add_argument("checkpoint", type=Path)

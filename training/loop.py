@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from model import ReIDModel, build_model, load_checkpoint, save_checkpoint
+from model.device import resolve_device
 from training.config import OptimConfig, TrainConfig, save_config
 from training.data import ReidImageDataset, ReidSplit, read_cuhk03, read_market1501, read_soccernet
 from training.inference import EvalResult, autocast_for, evaluate_model
@@ -37,16 +38,6 @@ logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------ set-up
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> the local rank's GPU when CUDA is there, else the CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
 
 
 @dataclass(frozen=True)

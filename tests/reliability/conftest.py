@@ -1,6 +1,6 @@
 """Fixtures for reliability tests: every test drives a real uvicorn process (tests/support/live_server.py).
 
-Long variants (the 30 s overload soak, more kill points) run only with REID_RUN_SLOW=1.
+Long variants (the 30 s overload soak, more kill points) run only with RUN_SLOW_TESTS=1.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 ServerFactory = Callable[..., LiveServer]
 
-RUN_SLOW = os.environ.get("REID_RUN_SLOW", "") == "1"
+RUN_SLOW = os.environ.get("RUN_SLOW_TESTS", "") == "1"
 
 
 @pytest.fixture(scope="session")

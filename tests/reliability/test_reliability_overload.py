@@ -1,5 +1,5 @@
 """Overload: measure the sustainable rate of 4-crop queries, then offer 11x that (asserting >= 10x really went out)
-for 10 s (30 s with REID_RUN_SLOW=1) against a small bounded queue. Only 200 and 503-with-Retry-After come back, no
+for 10 s (30 s with RUN_SLOW_TESTS=1) against a small bounded queue. Only 200 and 503-with-Retry-After come back, no
 request is lost or times out, the server's peak memory (VmHWM) stays within a bound and the first queries after the
 load succeed at once.
 

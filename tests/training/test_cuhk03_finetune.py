@@ -6,7 +6,7 @@ gallery (Market protocol). Training runs at the crops' own 128x64 (4x cheaper th
 imported model at its native 256x128 input, the fair baseline: read at 128x64 without fine-tuning it is close
 to chance, which would make any fine-tune look good.
 
-Opt-in (a few minutes of CPU): REID_RUN_SLOW=1 python -m pytest -s tests/training/test_cuhk03_finetune.py
+Opt-in (a few minutes of CPU): RUN_SLOW_TESTS=1 python -m pytest -s tests/training/test_cuhk03_finetune.py
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from training.loop import train
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.shared_data,
-    pytest.mark.skipif(os.environ.get("REID_RUN_SLOW") != "1",
-                       reason="CUHK03 fine-tuning takes minutes on CPU: set REID_RUN_SLOW=1 to run it"),
+    pytest.mark.skipif(os.environ.get("RUN_SLOW_TESTS") != "1",
+                       reason="CUHK03 fine-tuning takes minutes on CPU: set RUN_SLOW_TESTS=1 to run it"),
 ]
 
 TRAIN_PIDS, EVAL_PIDS = (0, 1000), (1000, 1467)

@@ -23,6 +23,7 @@ from PIL import Image
 
 from service.batching import DynamicBatcher
 from service.deps import ServiceState, ThresholdPolicy
+from service.docs import install_docs
 from service.embedder import Embedder
 from service.errors import install_error_handlers
 from service.imaging import ImageLimits
@@ -175,6 +176,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs with local assets instead of a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.reid = None
@@ -183,6 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(api_router)
+    install_docs(app)
     default_limit = Settings.model_fields["max_upload_bytes"].default
 
     def upload_limit() -> int:

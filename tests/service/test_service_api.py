@@ -201,3 +201,21 @@ def test_overload_is_refused_before_uploads_are_decoded(make_client: AppFactory)
     assert client.get("/gallery", params={"collection": "busy"}).json()["total"] == 1
     # Small enough requests still go through.
     assert query(client, "busy", [player_png(0)])["results"][0]["match"] == "player-0"
+
+
+def test_docs_page_needs_no_cdn(client: Any) -> None:
+    """Swagger UI's page and every asset it loads are served by the service itself."""
+    import re
+
+    page = client.get("/docs")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assets = re.findall(r"""(?:src|href)=["']([^"']+\.(?:js|css|png))["']""", page.text)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets) and any(a.endswith(".css") for a in assets)
+    for asset in assets:
+        assert asset.startswith("/docs/static/"), f"{asset} would be fetched from outside the service"
+        response = client.get(asset)
+        assert response.status_code == 200 and response.content, asset
+    bundle = client.get(next(a for a in assets if a.endswith("swagger-ui-bundle.js")))
+    assert len(bundle.content) > 100_000  # the real Swagger UI bundle, not a stub
+    assert "/openapi.json" in page.text
+    assert client.get("/redoc").status_code == 404

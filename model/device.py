@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from typing import Any
 
 import torch
 
@@ -30,3 +32,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
         device = torch.device("cuda", index)
     return device
+
+
+def autocast_for(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA when enabled; nothing on the CPU (bf16 matmuls there are slower, not faster).
+
+    bf16 keeps fp32's range, so no loss scaling is needed and embeddings do not overflow.
+    """
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -6,7 +6,6 @@ It is called from exactly one thread (the batcher's worker), so it needs no lock
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from model import CheckpointSpec, ReIDModel, load_checkpoint
-from model.device import resolve_device
+from model.device import autocast_for, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ class Embedder:
         self.checkpoint = checkpoint
         self.input_size: tuple[int, int] = (spec.preprocess.height, spec.preprocess.width)
         self.embedding_dim = int(spec.embedding_dim)
-        # bf16 keeps fp32's range, so no loss scaling is needed and embeddings do not overflow.
+        # What autocast_for uses on this device, reported by /info.
         self._autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
 
     @classmethod
@@ -81,12 +80,7 @@ class Embedder:
             batch = batch.contiguous(memory_format=torch.channels_last)
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        autocast = (
-            torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
-            if self._autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast_for(self.device):
             embeddings = self.model.embed(batch)
         embeddings = embeddings.float()
         # Re-normalising in fp32 removes the small norm drift reduced-precision autocast leaves behind.

@@ -24,6 +24,14 @@ def shared_file(name: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """OSNet-x0.25 at 64x32, random weights with seed 0, checkpoint threshold 0.9: built once per test run."""
+    from tests.support.checkpoints import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
 def osnet_x0_25_market_weights() -> Path:
     """The official torchreid OSNet-x0.25 Market-1501 weight file (legacy pickle state dict)."""
     return shared_file("osnet_x0_25_market1501.pth")

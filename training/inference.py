@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from model import ReIDModel
+from model.device import autocast_for
 from training.calibration import Calibration, calibrate_threshold, top1_from_embeddings
 from training.data import ReidImageDataset, ReidSplit, Sample
 from training.evaluation import compute_distance_matrix, evaluate_market, evaluate_soccernet
@@ -36,13 +36,6 @@ class Embeddings:
     camids: np.ndarray
     groups: np.ndarray
     paths: list[str]
-
-
-def autocast_for(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA when enabled; nothing on the CPU (bf16 matmuls there are slower, not faster)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.inference_mode()

@@ -26,10 +26,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from model import ReIDModel, build_model, load_checkpoint, save_checkpoint
-from model.device import resolve_device
+from model.device import autocast_for, resolve_device
 from training.config import OptimConfig, TrainConfig, save_config
 from training.data import ReidImageDataset, ReidSplit, read_cuhk03, read_market1501, read_soccernet
-from training.inference import EvalResult, autocast_for, evaluate_model
+from training.inference import EvalResult, evaluate_model
 from training.losses import ReIDCriterion
 from training.sampler import PKSampler
 from training.transforms import AugmentConfig, train_transform

@@ -7,24 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.checkpoints import make_tiny_checkpoint
 from tests.support.live_server import LiveServer, server_env
 
 ServerFactory = Callable[..., LiveServer]
 
 
-@pytest.fixture(scope="session")
-def e2e_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("e2e-ckpt") / "tiny.safetensors")
-
-
 @pytest.fixture()
-def make_server(e2e_checkpoint: Path, tmp_path: Path) -> Iterator[ServerFactory]:
+def make_server(tiny_checkpoint: Path, tmp_path: Path) -> Iterator[ServerFactory]:
     """make_server(**REID_env_overrides) -> a started LiveServer (stopped at test end; log printed on failure)."""
     servers: list[LiveServer] = []
 
     def factory(data_dir: Path | None = None, **extra: str) -> LiveServer:
-        env = server_env(e2e_checkpoint, data_dir or tmp_path / "data", **extra)
+        env = server_env(tiny_checkpoint, data_dir or tmp_path / "data", **extra)
         server = LiveServer(env, log_path=tmp_path / f"server{len(servers)}.log")
         servers.append(server)
         return server.start()
@@ -35,9 +29,9 @@ def make_server(e2e_checkpoint: Path, tmp_path: Path) -> Iterator[ServerFactory]
 
 
 @pytest.fixture(scope="module")
-def shared_server(e2e_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def shared_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One server for the read-mostly tests of a module."""
     tmp = tmp_path_factory.mktemp("e2e-shared")
-    server = LiveServer(server_env(e2e_checkpoint, tmp / "data"), log_path=tmp / "server.log")
+    server = LiveServer(server_env(tiny_checkpoint, tmp / "data"), log_path=tmp / "server.log")
     with server:
         yield server

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.checkpoints import make_tiny_checkpoint
 from tests.support.live_server import LiveServer, server_env
 
 logger = logging.getLogger(__name__)
@@ -22,18 +21,13 @@ ServerFactory = Callable[..., LiveServer]
 RUN_SLOW = os.environ.get("RUN_SLOW_TESTS", "") == "1"
 
 
-@pytest.fixture(scope="session")
-def reliability_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("reliability-ckpt") / "tiny.safetensors")
-
-
 @pytest.fixture()
-def make_server(reliability_checkpoint: Path, tmp_path: Path) -> Iterator[ServerFactory]:
+def make_server(tiny_checkpoint: Path, tmp_path: Path) -> Iterator[ServerFactory]:
     """make_server(data_dir=None, start=True, **REID_env_overrides) -> LiveServer (stopped at test end)."""
     servers: list[LiveServer] = []
 
     def factory(data_dir: Path | None = None, start: bool = True, **extra: str) -> LiveServer:
-        env = server_env(reliability_checkpoint, data_dir or tmp_path / "data", **extra)
+        env = server_env(tiny_checkpoint, data_dir or tmp_path / "data", **extra)
         server = LiveServer(env, log_path=tmp_path / f"server{len(servers)}.log")
         servers.append(server)
         return server.start() if start else server

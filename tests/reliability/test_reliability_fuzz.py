@@ -47,10 +47,10 @@ _IMAGES = [
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(reliability_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def fuzz_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     tmp = tmp_path_factory.mktemp("fuzz")
     env = server_env(
-        reliability_checkpoint,
+        tiny_checkpoint,
         tmp / "data",
         REID_API_KEY=API_KEY,
         REID_MAX_FILES="8",

@@ -16,15 +16,8 @@ with warnings.catch_warnings():
 
 from service.app import create_app
 from service.settings import Settings
-from tests.support.checkpoints import make_tiny_checkpoint
 
 AppFactory = Callable[..., TestClient]
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """OSNet-x0.25 at 64x32, random weights with seed 0, checkpoint threshold 0.9."""
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
 @pytest.fixture()

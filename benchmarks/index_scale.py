@@ -206,7 +206,7 @@ def bench_one(
 
 def bench_rebuild(n: int, dim: int, seed: int, default_config: Any) -> dict[str, Any]:
     """Fill the real SQLite store with n rows, then time the service's start-up rebuild (default + flat only)."""
-    from service.app import rebuild_indexes
+    from service.gallery.local import LocalGallery
     from service.index import FaissIndexRegistry, IndexConfig
     from service.metrics import ServiceMetrics
     from service.store import GalleryStore, NewItem
@@ -230,7 +230,7 @@ def bench_rebuild(n: int, dim: int, seed: int, default_config: Any) -> dict[str,
         ):
             registry = FaissIndexRegistry(dim, config)
             with Stopwatch() as sw:
-                total = rebuild_indexes(store, registry, ServiceMetrics())
+                total = LocalGallery(store, registry, ServiceMetrics()).rebuild_indexes()
             assert total == n
             results[f"rebuild_{label}_s"] = sw.seconds
             results[f"rebuild_{label}_kind"] = registry.kind("bench")

@@ -38,8 +38,9 @@ from benchmarks.common import (
 ensure_repo_on_path()
 
 from benchmarks.service_load import make_checkpoint  # noqa: E402
-from service.app import create_app, rebuild_indexes  # noqa: E402
+from service.app import create_app  # noqa: E402
 from service.embedder import Embedder  # noqa: E402
+from service.gallery.local import LocalGallery  # noqa: E402
 from service.imaging import ImageLimits, decode_crop  # noqa: E402
 from service.index import FaissIndexRegistry  # noqa: E402
 from service.metrics import ServiceMetrics  # noqa: E402
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             chunk = vectors[lo : lo + 5000]
             store.insert_items("bench", [NewItem(f"p{lo + i}", {}, "0" * 64, v) for i, v in enumerate(chunk)])
         registry = FaissIndexRegistry(dim)
-        rebuild_indexes(store, registry, ServiceMetrics())
+        LocalGallery(store, registry, ServiceMetrics()).rebuild_indexes()
 
         runs = [stage_times(payloads, embedder, registry, store, args.decode_workers) for _ in range(args.repeats)]
         stages = {name: _median_ms([r[name] for r in runs]) for name in runs[0]}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -26,12 +25,11 @@ from service.deps import ServiceState, ThresholdPolicy
 from service.docs import install_docs
 from service.embedder import Embedder
 from service.errors import install_error_handlers
+from service.gallery.factory import open_gallery
 from service.imaging import ImageLimits
-from service.index import FaissIndexRegistry, IndexConfig
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.routes import api_router, health_router
 from service.settings import Settings
-from service.store import GalleryStore
 from service.upload_limit import UploadLimitMiddleware
 
 logger = logging.getLogger(__name__)
@@ -64,17 +62,6 @@ def threshold_policy(settings: Settings, checkpoint_threshold: float | None) -> 
     return ThresholdPolicy(settings.default_threshold, "default", None)
 
 
-def rebuild_indexes(store: GalleryStore, index: FaissIndexRegistry, metrics: ServiceMetrics) -> int:
-    """Fill the (empty) FAISS indexes from SQLite, the source of truth; returns the number of vectors."""
-    total = 0
-    for info in store.collections():
-        for ids, vectors in store.iter_embeddings(info.name):
-            index.add(info.name, ids, vectors)
-            total += len(ids)
-        metrics.set_gallery_size(info.name, index.size(info.name))
-    return total
-
-
 async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceState:
     if settings.checkpoint is None:
         raise RuntimeError("REID_CHECKPOINT is not set: point it at a .safetensors checkpoint")
@@ -88,23 +75,13 @@ async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceSt
 
     embedder = await asyncio.to_thread(Embedder.from_checkpoint, checkpoint, settings.device)
     fingerprint = await asyncio.to_thread(file_sha256, checkpoint)
-    store = await asyncio.to_thread(GalleryStore, settings.database_path, embedder.embedding_dim, fingerprint)
-    index = FaissIndexRegistry(
+    gallery = await asyncio.to_thread(
+        open_gallery,
+        settings,
         embedder.embedding_dim,
-        IndexConfig(
-            hnsw_min_size=settings.hnsw_min_size,
-            hnsw_m=settings.hnsw_m,
-            hnsw_ef_construction=settings.hnsw_ef_construction,
-            hnsw_ef_search=settings.hnsw_ef_search,
-            use_gpu=embedder.device.type == "cuda",
-        ),
-    )
-    restored = await asyncio.to_thread(rebuild_indexes, store, index, metrics)
-    logger.info(
-        "rebuilt indexes from %s: %d vectors in %d collections",
-        settings.database_path,
-        restored,
-        len(index.collections()),
+        fingerprint,
+        embedder.device.type == "cuda",
+        metrics,
     )
 
     warmup_sizes = sorted({1, settings.max_batch_size})[: settings.warmup_batches]
@@ -122,8 +99,7 @@ async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceSt
         settings=settings,
         embedder=embedder,
         batcher=batcher,
-        store=store,
-        index=index,
+        gallery=gallery,
         metrics=metrics,
         decode_pool=ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="reid-decode"),
         threshold=threshold_policy(settings, embedder.spec.threshold),
@@ -133,7 +109,6 @@ async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceSt
             max_side=settings.max_image_side,
             min_side=settings.min_image_side,
         ),
-        write_lock=threading.Lock(),
     )
 
 
@@ -162,7 +137,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # uvicorn has already waited for the in-flight requests; drain anyway so no queued crop is dropped.
         await asyncio.to_thread(state.batcher.stop, 30.0, drain=True)
         state.decode_pool.shutdown(wait=True)
-        await asyncio.to_thread(state.store.close)
+        await asyncio.to_thread(state.gallery.close)
         app.state.reid = None
         # Pillow's limit is process-wide: give it back for whoever else decodes images in this process.
         Image.MAX_IMAGE_PIXELS = previous_pixel_limit

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated
@@ -19,11 +18,10 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from service.batching import DynamicBatcher
 from service.embedder import Embedder
 from service.errors import NotReadyError, ServiceError
+from service.gallery import Gallery
 from service.imaging import ImageLimits
-from service.index import FaissIndexRegistry
 from service.metrics import ServiceMetrics
 from service.settings import Settings
-from service.store import GalleryStore
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +42,11 @@ class ServiceState:
     settings: Settings
     embedder: Embedder
     batcher: DynamicBatcher
-    store: GalleryStore
-    index: FaissIndexRegistry
+    gallery: Gallery
     metrics: ServiceMetrics
     decode_pool: ThreadPoolExecutor
     threshold: ThresholdPolicy
     image_limits: ImageLimits
-    # Serialises (SQLite commit + index update) pairs so a concurrent delete cannot interleave between them.
-    write_lock: threading.Lock
     ready: bool = False
 
 

@@ -37,12 +37,21 @@ _STATUS_CODES: dict[int, str] = {
 class ServiceError(Exception):
     """An error with an HTTP status, a stable machine-readable code and a message for humans."""
 
-    def __init__(self, status_code: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        detail: str,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status_code = status_code
         self.code = code
         self.detail = detail
         self.headers = dict(headers or {})
+        # Further fields of the JSON body beside error and detail (e.g. the existing ids of a 409 duplicate).
+        self.extra = dict(extra or {})
 
 
 class NotFoundError(ServiceError):
@@ -72,12 +81,18 @@ class ImageError(ServiceError):
         self.filename = filename
 
 
-def error_body(code: str, detail: str) -> dict[str, str]:
-    return {"error": code, "detail": detail}
+def error_body(code: str, detail: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {**(extra or {}), "error": code, "detail": detail}
 
 
-def error_response(status_code: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(code, detail), status_code=status_code, headers=dict(headers or {}))
+def error_response(
+    status_code: int,
+    code: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(code, detail, extra), status_code=status_code, headers=dict(headers or {}))
 
 
 def describe_validation_errors(errors: Sequence[Any]) -> str:
@@ -93,7 +108,7 @@ async def _service_error_handler(request: Request, exc: Exception) -> JSONRespon
     assert isinstance(exc, ServiceError)
     if exc.status_code >= 500:
         logger.warning("%s %s -> %d %s: %s", request.method, request.url.path, exc.status_code, exc.code, exc.detail)
-    return error_response(exc.status_code, exc.code, exc.detail, exc.headers)
+    return error_response(exc.status_code, exc.code, exc.detail, exc.headers, exc.extra)
 
 
 async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.deps import ServiceState, StateDep, require_api_key
 from service.errors import ImageError, NotFoundError, NotReadyError, OverloadedError, ServiceError
+from service.gallery import BackendUnavailableError, CollectionNotFoundError, GalleryItem, NewItem, ScoredItem
 from service.imaging import DecodedCrop, decode_crop
 from service.schemas import (
     COLLECTION_PATTERN,
@@ -25,9 +26,9 @@ from service.schemas import (
     CollectionsResponse,
     DeletedCollection,
     DeletedItem,
+    DuplicateErrorResponse,
     ErrorResponse,
     GalleryAddResponse,
-    GalleryItem,
     GalleryItemDetail,
     GalleryPage,
     HealthResponse,
@@ -36,7 +37,9 @@ from service.schemas import (
     QueryResponse,
     QueryResult,
 )
-from service.store import GalleryRow, NewItem
+from service.schemas import (
+    GalleryItem as GalleryItemOut,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -162,23 +165,23 @@ def _check_labels(labels: list[str], count: int) -> None:
 
 
 async def _require_collection(state: ServiceState, collection: str) -> None:
-    if not await asyncio.to_thread(state.store.collection_exists, collection):
-        raise NotFoundError("collection_not_found", f"collection {collection!r} does not exist")
+    if not await asyncio.to_thread(state.gallery.has_collection, collection):
+        raise CollectionNotFoundError(collection)
 
 
-def _detail(row: GalleryRow) -> GalleryItemDetail:
+def _detail(item: GalleryItem) -> GalleryItemDetail:
     return GalleryItemDetail(
-        id=UUID(row.id),
-        label=row.label,
-        collection=row.collection,
-        metadata=row.metadata,
-        created_at=row.created_at,
-        sha256=row.sha256,
+        id=UUID(item.id),
+        label=item.label,
+        collection=item.collection,
+        metadata=item.metadata,
+        created_at=item.created_at,
+        sha256=item.sha256,
     )
 
 
-def _rank(hits: list[tuple[int, float]], rows: dict[int, GalleryRow], threshold: float) -> QueryResult:
-    matches = [Match(id=UUID(rows[i].id), label=rows[i].label, score=s) for i, s in hits if i in rows]
+def _rank(hits: list[ScoredItem], threshold: float) -> QueryResult:
+    matches = [Match(id=UUID(h.item.id), label=h.item.label, score=h.score) for h in hits]
     best: dict[str, float] = {}
     for m in matches:  # matches are best first, so the first score seen per label is its best
         best.setdefault(m.label, m.score)
@@ -189,47 +192,6 @@ def _rank(hits: list[tuple[int, float]], rows: dict[int, GalleryRow], threshold:
         candidates=candidates,
         match=top.label if top is not None and top.score >= threshold else None,
     )
-
-
-# Writes touch SQLite then the index. Each pair runs in one worker-thread call under state.write_lock, so a
-# cancelled request (client gone) cannot stop between the commit and the index update, and a concurrent
-# delete cannot interleave between the two.
-
-
-def _commit_items(
-    state: ServiceState, collection: str, items: list[NewItem], embeddings: np.ndarray
-) -> list[GalleryRow]:
-    with state.write_lock:
-        rows = state.store.insert_items(collection, items)
-        ids = np.array([r.faiss_id for r in rows], dtype=np.int64)
-        try:
-            state.index.add(collection, ids, embeddings)
-        except Exception:
-            # Keep SQLite and the index in agreement: undo the commit, then report the failure.
-            logger.exception("index add failed; removing the %d rows just committed", len(rows))
-            for row in rows:
-                state.store.delete_item(row.id)
-            raise
-        state.metrics.set_gallery_size(collection, state.index.size(collection))
-    return rows
-
-
-def _delete_item(state: ServiceState, item_id: str) -> GalleryRow | None:
-    with state.write_lock:
-        row = state.store.delete_item(item_id)
-        if row is not None:
-            state.index.remove(row.collection, np.array([row.faiss_id], dtype=np.int64))
-            state.metrics.set_gallery_size(row.collection, state.index.size(row.collection))
-    return row
-
-
-def _delete_collection(state: ServiceState, name: str) -> list[int] | None:
-    with state.write_lock:
-        ids = state.store.delete_collection(name)
-        if ids is not None:
-            state.index.drop(name)
-            state.metrics.forget_collection(name)
-    return ids
 
 
 # ---------------------------------------------------------------- health
@@ -250,6 +212,9 @@ async def readyz(request: Request) -> HealthResponse:
     state: ServiceState | None = getattr(request.app.state, "reid", None)
     if state is None or not state.ready:
         raise NotReadyError("model or index not ready yet")
+    health = await asyncio.to_thread(state.gallery.health)
+    if not health.ok:
+        raise BackendUnavailableError(f"gallery backend {health.backend!r}: {health.detail}")
     return HealthResponse(status="ready")
 
 
@@ -261,8 +226,13 @@ async def readyz(request: Request) -> HealthResponse:
     status_code=201,
     response_model=GalleryAddResponse,
     tags=["gallery"],
-    responses=_errors(400, 413, 415, 422),
+    responses={**_errors(400, 413, 415, 422), 409: {"model": DuplicateErrorResponse}},
     summary="Register crops (all or nothing)",
+    description=(
+        "Registers every file or none. The same crop bytes (by SHA-256) cannot be registered twice in one "
+        "collection: such a request answers 409 `duplicate_crop` with the id of the item already holding them, "
+        "and registers nothing."
+    ),
 )
 async def add_to_gallery(
     state: StateDep,
@@ -294,9 +264,11 @@ async def add_to_gallery(
         NewItem(label=label, metadata=meta, sha256=crop.sha256, embedding=emb)
         for label, meta, crop, emb in zip(labels, parsed_metadata, crops, embeddings, strict=True)
     ]
-    rows = await asyncio.to_thread(_commit_items, state, collection, items, embeddings)
-    logger.info("registered %d crops in %s", len(rows), collection)
-    return GalleryAddResponse(items=[GalleryItem(id=UUID(r.id), label=r.label, collection=r.collection) for r in rows])
+    added = await asyncio.to_thread(state.gallery.add, collection, items)
+    logger.info("registered %d crops in %s", len(added), collection)
+    return GalleryAddResponse(
+        items=[GalleryItemOut(id=UUID(a.id), label=a.label, collection=a.collection) for a in added]
+    )
 
 
 @api_router.get(
@@ -319,10 +291,8 @@ async def list_gallery(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.", examples=[0])] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.", examples=[50])] = 50,
 ) -> GalleryPage:
-    if collection is not None:
-        await _require_collection(state, collection)
-    total, rows = await asyncio.to_thread(state.store.list_items, collection, offset, limit)
-    return GalleryPage(total=total, offset=offset, limit=limit, items=[_detail(r) for r in rows])
+    total, items = await asyncio.to_thread(state.gallery.list_items, collection, offset, limit)
+    return GalleryPage(total=total, offset=offset, limit=limit, items=[_detail(i) for i in items])
 
 
 ItemIdPath = Annotated[UUID, Path(description="Gallery item id.", examples=["3f1c2a9e-7b4d-4e8a-9c0f-2d6b5a1e8f70"])]
@@ -336,10 +306,10 @@ ItemIdPath = Annotated[UUID, Path(description="Gallery item id.", examples=["3f1
     summary="One gallery item",
 )
 async def get_gallery_item(state: StateDep, item_id: ItemIdPath) -> GalleryItemDetail:
-    row = await asyncio.to_thread(state.store.get, str(item_id))
-    if row is None:
+    item = await asyncio.to_thread(state.gallery.get, str(item_id))
+    if item is None:
         raise NotFoundError("item_not_found", f"no gallery item with id {item_id}")
-    return _detail(row)
+    return _detail(item)
 
 
 @api_router.delete(
@@ -350,10 +320,10 @@ async def get_gallery_item(state: StateDep, item_id: ItemIdPath) -> GalleryItemD
     summary="Delete one gallery item",
 )
 async def delete_gallery_item(state: StateDep, item_id: ItemIdPath) -> DeletedItem:
-    row = await asyncio.to_thread(_delete_item, state, str(item_id))
-    if row is None:
+    item = await asyncio.to_thread(state.gallery.delete, str(item_id))
+    if item is None:
         raise NotFoundError("item_not_found", f"no gallery item with id {item_id}")
-    return DeletedItem(id=item_id, collection=row.collection, deleted=True)
+    return DeletedItem(id=item_id, collection=item.collection, deleted=True)
 
 
 # ---------------------------------------------------------------- collections
@@ -366,7 +336,7 @@ async def delete_gallery_item(state: StateDep, item_id: ItemIdPath) -> DeletedIt
     summary="All collections with their sizes",
 )
 async def list_collections(state: StateDep) -> CollectionsResponse:
-    infos = await asyncio.to_thread(state.store.collections)
+    infos = await asyncio.to_thread(state.gallery.collections)
     return CollectionsResponse(
         collections=[CollectionInfoOut(name=c.name, size=c.size, created_at=c.created_at) for c in infos]
     )
@@ -385,11 +355,11 @@ async def delete_collection(
         str, Path(pattern=COLLECTION_PATTERN, description="Collection name.", examples=["match-2024-05-12"])
     ],
 ) -> DeletedCollection:
-    ids = await asyncio.to_thread(_delete_collection, state, name)
-    if ids is None:
-        raise NotFoundError("collection_not_found", f"collection {name!r} does not exist")
-    logger.info("deleted collection %s (%d items)", name, len(ids))
-    return DeletedCollection(name=name, deleted_items=len(ids))
+    deleted = await asyncio.to_thread(state.gallery.drop_collection, name)
+    if deleted is None:
+        raise CollectionNotFoundError(name)
+    logger.info("deleted collection %s (%d items)", name, deleted)
+    return DeletedCollection(name=name, deleted_items=deleted)
 
 
 # ---------------------------------------------------------------- query
@@ -417,10 +387,9 @@ async def query(
     _admit(state, len(files))
     crops = await _decode_all(state, files)
     embeddings = await _embed(state, crops)
-    hits = await asyncio.to_thread(state.index.search, collection, embeddings, top_k)
-    rows = await asyncio.to_thread(state.store.get_by_faiss_ids, [i for per in hits for i, _ in per])
+    hits = await asyncio.to_thread(state.gallery.search, collection, embeddings, top_k)
     used = state.threshold.value if threshold is None else threshold
-    return QueryResponse(results=[_rank(per, rows, used) for per in hits], threshold=used)
+    return QueryResponse(results=[_rank(per, used) for per in hits], threshold=used)
 
 
 # ---------------------------------------------------------------- info and metrics

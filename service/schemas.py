@@ -24,6 +24,20 @@ class ErrorResponse(BaseModel):
     )
 
 
+class DuplicateOut(BaseModel):
+    file: int = Field(description="Position of the file in the request.", examples=[0])
+    id: UUID | None = Field(
+        description="Item already holding these bytes; null when the file repeats an earlier file of the request.",
+        examples=[_ID_EXAMPLE],
+    )
+
+
+class DuplicateErrorResponse(ErrorResponse):
+    """409 duplicate_crop: nothing was registered."""
+
+    duplicates: list[DuplicateOut] = Field(description="Each file whose bytes are already in the collection.")
+
+
 class GalleryItem(BaseModel):
     id: UUID = Field(description="Gallery item id (uuid4).", examples=[_ID_EXAMPLE])
     label: str = Field(description="Player identity given at registration.", examples=["home-7"])

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
         default=None, description="Model checkpoint (.safetensors written by model.save_checkpoint)."
     )
     data_dir: Path = Field(default=Path("./data"), description="Folder for the SQLite gallery database.")
+    gallery_backend: str = Field(
+        default="local",
+        pattern=r"^(local)$",
+        description="Where the gallery lives: local (SQLite + in-process FAISS).",
+    )
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="Largest inference batch (crops).")
     max_delay_ms: float = Field(

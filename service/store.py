@@ -23,6 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from service.gallery.base import CollectionInfo, NewItem
+
+__all__ = ["CollectionInfo", "GalleryRow", "GalleryStore", "NewItem", "StoreError"]
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -47,6 +51,7 @@ CREATE TABLE IF NOT EXISTS items (
     embedding BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS items_by_collection ON items(collection, faiss_id);
+CREATE INDEX IF NOT EXISTS items_by_hash ON items(collection, sha256);
 """
 # AUTOINCREMENT: a deleted row's faiss id is never handed out again, so a stale index entry cannot
 # alias a new row.
@@ -56,16 +61,6 @@ _ROW_COLUMNS = "faiss_id, id, collection, label, metadata, created_at, sha256"
 
 class StoreError(RuntimeError):
     """The database cannot be used with this model (e.g. a different embedding dimension)."""
-
-
-@dataclass(frozen=True)
-class NewItem:
-    """A crop to register: its embedding is (D,) float32, unit norm."""
-
-    label: str
-    metadata: dict[str, Any]
-    sha256: str
-    embedding: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -79,13 +74,6 @@ class GalleryRow:
     metadata: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     sha256: str = ""
-
-
-@dataclass(frozen=True)
-class CollectionInfo:
-    name: str
-    size: int
-    created_at: str
 
 
 def _now() -> str:
@@ -206,6 +194,20 @@ class GalleryStore:
         with self._lock:
             found = self._conn.execute("SELECT embedding FROM items WHERE id = ?", (item_id,)).fetchone()
         return None if found is None else np.frombuffer(found[0], dtype="<f4").astype(np.float32)
+
+    def find_by_sha256(self, collection: str, hashes: Sequence[str]) -> dict[str, str]:
+        """sha256 -> id of an item of ``collection`` already holding those crop bytes (absent: not registered)."""
+        unique = sorted(set(hashes))
+        found: dict[str, str] = {}
+        with self._lock:
+            for start in range(0, len(unique), 500):
+                chunk = unique[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for sha, item_id in self._conn.execute(
+                    f"SELECT sha256, id FROM items WHERE collection = ? AND sha256 IN ({marks})", [collection, *chunk]
+                ):
+                    found.setdefault(sha, item_id)
+        return found
 
     def get_by_faiss_ids(self, faiss_ids: Sequence[int]) -> dict[int, GalleryRow]:
         """faiss id -> row for the ids still present (rows deleted meanwhile are simply absent)."""

@@ -219,3 +219,25 @@ def test_docs_page_needs_no_cdn(client: Any) -> None:
     assert len(bundle.content) > 100_000  # the real Swagger UI bundle, not a stub
     assert "/openapi.json" in page.text
     assert client.get("/redoc").status_code == 404
+
+
+def test_the_same_crop_registered_again_is_a_409_naming_the_existing_item(client: Any) -> None:
+    items = register(client, "dup", [0, 1, 2])
+    again = client.post(
+        "/gallery",
+        files=files_field(player_png(5), player_png(1)),
+        data={"collection": "dup", "labels": ["new-5", "again-1"]},
+    )
+    assert again.status_code == 409, again.text
+    body = again.json()
+    assert body["error"] == "duplicate_crop" and items[1]["id"] in body["detail"]
+    assert body["duplicates"] == [{"file": 1, "id": items[1]["id"]}]
+    # All or nothing: the new crop in the refused request was not registered either.
+    listed = client.get("/gallery", params={"collection": "dup"}).json()
+    assert [i["label"] for i in listed["items"]] == ["player-0", "player-1", "player-2"]
+    # Re-encoded bytes of the same picture are another crop: only identical bytes are duplicates.
+    assert client.post(
+        "/gallery", files=files_field(player_jpeg(1)), data={"collection": "dup", "labels": ["jpeg-1"]}
+    ).status_code == 201
+    spec = client.get("/openapi.json").json()
+    assert "409" in spec["paths"]["/gallery"]["post"]["responses"]

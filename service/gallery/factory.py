@@ -1,0 +1,42 @@
+"""Build the gallery backend named by REID_GALLERY_BACKEND.
+
+    gallery = open_gallery(settings, embedding_dim=512, fingerprint=sha, use_gpu=False, observer=metrics)
+"""
+
+from __future__ import annotations
+
+import logging
+
+from service.gallery.base import Gallery, GalleryObserver
+from service.gallery.local import LocalGallery
+from service.index import IndexConfig
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def index_config(settings: Settings, use_gpu: bool) -> IndexConfig:
+    """The FAISS knobs of the local backend, from the settings."""
+    return IndexConfig(
+        hnsw_min_size=settings.hnsw_min_size,
+        hnsw_m=settings.hnsw_m,
+        hnsw_ef_construction=settings.hnsw_ef_construction,
+        hnsw_ef_search=settings.hnsw_ef_search,
+        use_gpu=use_gpu,
+    )
+
+
+def open_gallery(
+    settings: Settings,
+    embedding_dim: int,
+    fingerprint: str,
+    use_gpu: bool = False,
+    observer: GalleryObserver | None = None,
+) -> Gallery:
+    """Open the configured backend (blocking: run it in a thread); it is ready to serve when this returns."""
+    backend = settings.gallery_backend
+    if backend == "local":
+        return LocalGallery.open(
+            settings.database_path, embedding_dim, fingerprint, index_config(settings, use_gpu), observer
+        )
+    raise ValueError(f"unknown gallery backend {backend!r}; valid: local")

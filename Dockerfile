@@ -13,6 +13,12 @@ FROM python:3.11-slim-bookworm
 # gpu: faiss-gpu-cu12. cpu: faiss-cpu. Exactly one of the two (see pyproject.toml).
 ARG EXTRAS=gpu
 
+# The version is pyproject.toml's (tests/test_versions.py checks that they agree).
+LABEL org.opencontainers.image.title="soccernet-reid" \
+      org.opencontainers.image.version="0.2.0" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.description="Player re-identification service for broadcast football"
+
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -26,7 +32,7 @@ RUN apt-get update \
 
 WORKDIR /app
 # README.md is the package's readme in pyproject.toml, so the install needs it.
-COPY pyproject.toml Makefile README.md ./
+COPY pyproject.toml Makefile README.md LICENSE ./
 COPY model/ model/
 COPY training/ training/
 COPY service/ service/

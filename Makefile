@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install serve test lint demo-model clean
+.PHONY: install serve test lint lint-ruff lint-mypy lint-docker demo-model clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=/path/to/python3.11"; exit 1; }
@@ -32,9 +32,17 @@ serve: install $(CHECKPOINT)
 test: install
 	$(VENV)/bin/python -m pytest -q -rs
 
-lint: install
+# The linters' versions are pinned in pyproject.toml (dev extra); .pre-commit-config.yaml calls these targets.
+lint: lint-ruff lint-mypy lint-docker
+
+lint-ruff: install
 	$(VENV)/bin/ruff check model training service tests benchmarks
+
+lint-mypy: install
 	$(VENV)/bin/mypy
+
+lint-docker: install
+	$(VENV)/bin/hadolint --config .hadolint.yaml Dockerfile
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -91,6 +91,9 @@ def import_openpose_main(argv: list[str] | None = None) -> int:
         prog="reid-import-openpose",
         description="Convert CMU OpenPose COCO body weights (loaded with weights_only=True, strictly) into the "
         "pose stream's .safetensors format.",
+        epilog="Licence: CMU's OpenPose weights are licensed for academic or non-profit non-commercial research "
+        "only; a model trained from them, and its checkpoint, carries those terms. Commercial use needs a licence "
+        "from Carnegie Mellon University.",
     )
     parser.add_argument("src", type=Path, help="CMU body weights, e.g. body_pose_model.pth")
     parser.add_argument("dst", type=Path, help="output .safetensors")
@@ -110,4 +113,5 @@ def import_openpose_main(argv: list[str] | None = None) -> int:
     save_file(state, str(args.dst), metadata={"source_file": args.src.name, "source_sha256": _sha256(args.src),
                                               "stages": str(args.stages)})
     print(f"wrote {len(state)} tensors ({args.stages} stages) to {args.dst}")
+    print("note: CMU OpenPose weights are for non-commercial research only; so is anything trained from them")
     return 0

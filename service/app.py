@@ -31,6 +31,7 @@ from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.routes import api_router, health_router
 from service.settings import Settings
 from service.upload_limit import UploadLimitMiddleware
+from service.version import VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; with settings=None they are read from REID_* environment variables at start-up."""
     app = FastAPI(
         title="SoccerNet player re-identification",
-        version="0.1.0",
+        version=VERSION,
         description=_DESCRIPTION,
         lifespan=lifespan,
         docs_url=None,  # served by install_docs with local assets instead of a CDN

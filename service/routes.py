@@ -40,6 +40,7 @@ from service.schemas import (
 from service.schemas import (
     GalleryItem as GalleryItemOut,
 )
+from service.version import VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -400,6 +401,7 @@ async def info(state: StateDep) -> InfoResponse:
     embedder = state.embedder.info
     spec = embedder.spec
     return InfoResponse(
+        version=VERSION,
         architecture=spec.architecture,
         embedding_dim=spec.embedding_dim,
         input_size=[spec.preprocess.height, spec.preprocess.width],

@@ -119,6 +119,7 @@ class HealthResponse(BaseModel):
 
 
 class InfoResponse(BaseModel):
+    version: str = Field(description="Version of this service (soccernet-reid).", examples=["0.2.0"])
     architecture: str = Field(description="Network architecture of the checkpoint.", examples=["osnet_x0_25"])
     embedding_dim: int = Field(description="Embedding dimension D.", examples=[512])
     # A list, not tuple[int, int]: OpenAPI 3.1 `prefixItems` trips up common schema tools (schemathesis among them).

@@ -20,7 +20,6 @@ from service.errors import ImageError, NotFoundError, NotReadyError, OverloadedE
 from service.imaging import DecodedCrop, decode_crop
 from service.schemas import (
     COLLECTION_PATTERN,
-    Candidate,
     CollectionInfoOut,
     CollectionsResponse,
     DeletedCollection,
@@ -34,9 +33,9 @@ from service.schemas import (
     InfoResponse,
     Match,
     QueryResponse,
-    QueryResult,
 )
 from service.store import GalleryRow, NewItem
+from service.tracklets import parse_tracklets, pool_queries, rank_matches
 
 logger = logging.getLogger(__name__)
 
@@ -177,18 +176,8 @@ def _detail(row: GalleryRow) -> GalleryItemDetail:
     )
 
 
-def _rank(hits: list[tuple[int, float]], rows: dict[int, GalleryRow], threshold: float) -> QueryResult:
-    matches = [Match(id=UUID(rows[i].id), label=rows[i].label, score=s) for i, s in hits if i in rows]
-    best: dict[str, float] = {}
-    for m in matches:  # matches are best first, so the first score seen per label is its best
-        best.setdefault(m.label, m.score)
-    candidates = [Candidate(label=label, score=score) for label, score in best.items()]
-    top = matches[0] if matches else None
-    return QueryResult(
-        matches=matches,
-        candidates=candidates,
-        match=top.label if top is not None and top.score >= threshold else None,
-    )
+def _matches(hits: list[tuple[int, float]], rows: dict[int, GalleryRow]) -> list[Match]:
+    return [Match(id=UUID(rows[i].id), label=rows[i].label, score=s) for i, s in hits if i in rows]
 
 
 # Writes touch SQLite then the index. Each pair runs in one worker-thread call under state.write_lock, so a
@@ -411,16 +400,29 @@ async def query(
         float | None,
         Form(ge=-1.0, le=1.0, description="Override of the match threshold (cosine, -1..1).", examples=[0.6]),
     ] = None,
+    tracklets: Annotated[
+        list[str] | None,
+        Form(
+            description="Optional tracklet per file (one field per file, in file order): files sharing a value are "
+            "pooled into one query, answered once, in order of first appearance.",
+            examples=[["track-12"]],
+        ),
+    ] = None,
 ) -> QueryResponse:
     _check_file_count(state, files)
+    groups = parse_tracklets(tracklets, len(files))
     await _require_collection(state, collection)
     _admit(state, len(files))
     crops = await _decode_all(state, files)
-    embeddings = await _embed(state, crops)
-    hits = await asyncio.to_thread(state.index.search, collection, embeddings, top_k)
+    queries = pool_queries(await _embed(state, crops), groups)  # (Q, D) crops -> (T, D), one per tracklet
+    hits = await asyncio.to_thread(state.index.search, collection, queries, top_k)
     rows = await asyncio.to_thread(state.store.get_by_faiss_ids, [i for per in hits for i, _ in per])
-    used = state.threshold.value if threshold is None else threshold
-    return QueryResponse(results=[_rank(per, rows, used) for per in hits], threshold=used)
+    policy = state.threshold
+    results = [
+        rank_matches(_matches(per, rows), policy.for_crops(g.crops, threshold), g)
+        for per, g in zip(hits, groups, strict=True)
+    ]
+    return QueryResponse(results=results, threshold=policy.for_crops(1, threshold))
 
 
 # ---------------------------------------------------------------- info and metrics
@@ -437,6 +439,7 @@ async def info(state: StateDep) -> InfoResponse:
         threshold=state.threshold.value,
         threshold_source=state.threshold.source,
         checkpoint_threshold=state.threshold.checkpoint_value,
+        thresholds_by_size=dict(state.threshold.by_size),
         device=embedder.device,
         autocast=embedder.autocast,
         format_version=spec.format_version,

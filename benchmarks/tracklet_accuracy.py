@@ -256,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             parser.error(f"{path} is absent (real data lives in ../shared/data inside the project workplace)")
     torch.manual_seed(args.seed)
+    from_cache = args.cache is not None and args.cache.is_file()
     with Stopwatch() as sw:
-        if args.cache is not None and args.cache.is_file():
+        if from_cache:
             data = dict(np.load(args.cache))
         else:
             data = embed_cuhk03(args.tar, args.weights, args.people, tuple(args.input_size))
@@ -279,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats,
             "seed": args.seed,
             "defaults": {"pooling": DEFAULT_POOLING, "label_rule": DEFAULT_LABEL_RULE},
-            "embed_seconds": sw.seconds,
+            "embed_seconds": None if from_cache else sw.seconds,
+            "embeddings_from_cache": from_cache,
         },
         **table,
         "rank1_by_size": by_size,

@@ -4,6 +4,8 @@ a random direction, each crop that direction plus noise, so pooling more crops m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -80,3 +82,14 @@ def test_size_buckets_leave_out_empty_buckets() -> None:
     has_match = np.array([True, False, True, True])
     out = calibrate_size_buckets(scores, correct, has_match, np.array([1, 1, 3, 3]), ("1", "2-4", "5+"))
     assert set(out) == {"1", "2-4"} and out["1"].threshold == pytest.approx(0.55)
+
+
+def test_export_keeps_the_size_thresholds(tmp_path: Path) -> None:
+    from model.checkpoint import read_checkpoint_spec
+    from tests.support.checkpoints import make_tiny_checkpoint
+    from training.cli import export_for_serving
+
+    source = make_tiny_checkpoint(tmp_path / "src.safetensors", threshold=0.4, thresholds={"1": 0.4, "2+": 0.5})
+    export_for_serving(source, tmp_path / "out.safetensors")
+    spec = read_checkpoint_spec(tmp_path / "out.safetensors")
+    assert (spec.threshold, spec.thresholds) == (0.4, {"1": 0.4, "2+": 0.5})

@@ -27,6 +27,9 @@ several sizes and calibrates one threshold per size bucket (model/thresholds.py)
 ``thresholds`` metadata::
 
     by_bucket = calibrate_tracklet_thresholds(q_emb, q_pids, g_emb, g_pids)   # {"1": Calibration, "2-4": ...}
+    # or, on a split where every query has a match (hides half the identities, groups = SoccerNet actions):
+    by_bucket = calibrate_tracklets_with_distractors(q.feats, q.pids, g.feats, g.pids, q_groups=q.groups,
+                                                     g_groups=g.groups)
     save_checkpoint(model, path, threshold=by_bucket["1"].threshold,
                     thresholds=bucket_thresholds(by_bucket), metrics={"calibration_by_size": ...})
 """
@@ -363,3 +366,60 @@ def calibrate_tracklet_thresholds(
 def bucket_thresholds(calibrations: dict[str, Calibration]) -> dict[str, float]:
     """{bucket: Calibration} -> {bucket: threshold}, the checkpoint's ``thresholds`` metadata."""
     return {key: calib.threshold for key, calib in calibrations.items()}
+
+
+def calibrate_tracklets_with_distractors(
+    q_emb: np.ndarray,
+    q_pids: np.ndarray,
+    g_emb: np.ndarray,
+    g_pids: np.ndarray,
+    *,
+    q_groups: Sequence[Hashable] | np.ndarray | None = None,
+    g_groups: Sequence[Hashable] | np.ndarray | None = None,
+    q_tracks: Sequence[Hashable] | np.ndarray | None = None,
+    absent_fraction: float = 0.5,
+    seed: int = 0,
+    buckets: Sequence[str] = DEFAULT_BUCKETS,
+    max_size: int = 8,
+    per_identity: int = 2,
+) -> dict[str, Calibration]:
+    """Per-size thresholds on a validation split that has a match for every query (the usual case).
+
+    The gallery crops of a random ``absent_fraction`` of the identities are hidden so that their queries become
+    distractors (as ``training.inference.calibrate_with_distractors`` does for one threshold), then
+    ``calibrate_tracklet_thresholds`` runs. With groups (SoccerNet actions), an identity is a (group, pid) pair.
+
+    Args:
+        q_emb: (num_q, D), q_pids: (num_q,) validation queries; g_emb: (num_g, D), g_pids: (num_g,) gallery.
+        q_groups, g_groups: optional (num_q,), (num_g,) groups in which pids are unique; give both or neither.
+        q_tracks: optional (num_q,) key a tracklet must share (e.g. camera id); default: the group.
+
+    Returns:
+        {bucket: Calibration}; ``bucket_thresholds`` gives the checkpoint's ``thresholds``.
+    """
+    if not 0.0 < absent_fraction < 1.0:
+        raise ValueError(f"absent_fraction must be in (0, 1), got {absent_fraction}")
+    if (q_groups is None) != (g_groups is None):
+        raise ValueError("give both q_groups and g_groups, or neither")
+
+    def identities(pids: np.ndarray, groups: Sequence[Hashable] | np.ndarray | None) -> np.ndarray:
+        labels = group_labels(groups) if groups is not None else [""] * len(pids)
+        return np.array([f"{g}\x1f{p}" for g, p in zip(labels, np.asarray(pids).tolist(), strict=True)])
+
+    q_ids, g_ids = identities(q_pids, q_groups), identities(g_pids, g_groups)
+    rng = np.random.default_rng(seed)
+    people = sorted(set(q_ids.tolist()))
+    absent = {people[i] for i in rng.permutation(len(people))[: round(len(people) * absent_fraction)]}
+    keep = np.array([i not in absent for i in g_ids.tolist()], dtype=bool)
+    tracks = q_tracks if q_tracks is not None else q_groups
+    return calibrate_tracklet_thresholds(
+        q_emb,
+        q_ids,
+        np.asarray(g_emb)[keep],
+        g_ids[keep],
+        buckets=buckets,
+        max_size=max_size,
+        per_identity=per_identity,
+        q_groups=tracks,
+        seed=seed,
+    )

@@ -13,6 +13,7 @@ from training.calibration import (
     bucket_thresholds,
     calibrate_size_buckets,
     calibrate_tracklet_thresholds,
+    calibrate_tracklets_with_distractors,
     sample_tracklets,
     top1_from_embeddings,
     tracklet_top1,
@@ -93,3 +94,21 @@ def test_export_keeps_the_size_thresholds(tmp_path: Path) -> None:
     export_for_serving(source, tmp_path / "out.safetensors")
     spec = read_checkpoint_spec(tmp_path / "out.safetensors")
     assert (spec.threshold, spec.thresholds) == (0.4, {"1": 0.4, "2+": 0.5})
+
+
+def test_with_distractors_hides_identities_per_group() -> None:
+    data = split(people=40)
+    # the same pids reused in two groups (as SoccerNet actions do): identities are (group, pid) pairs
+    q_groups = np.where(data["q_pids"] < 20, "action-a", "action-b")
+    q_pids = data["q_pids"] % 20
+    g_groups = np.where(data["g_pids"] < 20, "action-a", "action-b")
+    g_pids = data["g_pids"] % 20
+    by_bucket = calibrate_tracklets_with_distractors(
+        data["q_emb"], q_pids, data["g_emb"], g_pids, q_groups=q_groups, g_groups=g_groups, max_size=5
+    )
+    assert list(by_bucket) == ["1", "2-4", "5+"]
+    assert all(0 < c.f1 <= 1 and c.num_queries > 0 for c in by_bucket.values())
+    # half the identities are hidden: with (group, pid) identities a perfect recall needs no more than that
+    assert by_bucket["5+"].accuracy > 0.5
+    with pytest.raises(ValueError, match="both"):
+        calibrate_tracklets_with_distractors(data["q_emb"], q_pids, data["g_emb"], g_pids, q_groups=q_groups)

@@ -118,6 +118,12 @@ def profile_section(data: dict[str, Any]) -> str:
     )
 
 
+def tracklet_section(data: dict[str, Any]) -> str:
+    from benchmarks.tracklet_accuracy import tracklet_tables
+
+    return f"Machine: {_machine(data)}.\n\n{tracklet_tables(data)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
@@ -130,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         ("index_rebuild", "Rebuild from SQLite", rebuild_section),
         ("profile_hot_path", "Hot path, one 32-crop query", profile_section),
         ("profile_hot_path_large", "Hot path, one 32-crop query, large uploads", profile_section),
+        ("tracklet_accuracy", "Tracklet queries on CUHK03", tracklet_section),
     ]
     for name, title, render in sections:
         data = _load(args.results, name)

@@ -3,7 +3,9 @@
 One run measures, on the same machine and in this order:
 1. the raw model's best batched throughput in-process (``Embedder.embed_batch`` on uint8 batches);
 2. the service (dynamic batching on, REID_MAX_BATCH_SIZE=32): a concurrency sweep of POST /query with 1-crop and
-   32-crop requests; crops/s, p50/p95/p99 latency, mean inference batch size (from /metrics);
+   32-crop requests, and 32-crop requests made of 4 tracklets of 8 crops (``tracklets`` field: the batcher sees
+   their crops like any others, the service pools each tracklet after embedding); crops/s, p50/p95/p99 latency,
+   mean inference batch size (from /metrics);
 3. the same service with batching off (REID_MAX_BATCH_SIZE=1) at the highest concurrency.
 It reports service/raw at saturation and batched/unbatched at the highest concurrency.
 
@@ -13,6 +15,8 @@ few dozen crops so search and SQLite cost little next to the model.
 
     .venv/bin/python -m benchmarks.service_load --out benchmarks/results/service_load.json
     .venv/bin/python -m benchmarks.service_load --quick --out /tmp/service_quick.json
+    .venv/bin/python -m benchmarks.service_load --concurrency 1 --multi-concurrency 1 --tracklet-concurrency 1 \
+        --duration 4 --out benchmarks/results/service_load_tracklets.json     # the tracklet point, briefly
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class LoadPoint:
     p95_ms: float | None
     p99_ms: float | None
     mean_batch_size: float | None
+    tracklets: int = 0  # tracklets per request (0: plain crops, one result each)
 
 
 def make_checkpoint(path: Path, architecture: str, input_size: tuple[int, int]) -> Path:
@@ -128,9 +133,14 @@ def batch_stats(metrics_text: str) -> tuple[float, float]:
 
 
 async def run_point(
-    url: str, payloads: list[bytes], crops_per_request: int, concurrency: int, duration_s: float
+    url: str, payloads: list[bytes], crops_per_request: int, concurrency: int, duration_s: float, tracklets: int = 0
 ) -> tuple[list[float], int, float]:
-    """`concurrency` workers send /query back to back until duration_s; returns (latencies s, errors, seconds)."""
+    """`concurrency` workers send /query back to back until duration_s; returns (latencies s, errors, seconds).
+    With ``tracklets`` > 0 each request's crops form that many tracklets of equal size (consecutive crops)."""
+    form: dict[str, Any] = {"collection": COLLECTION, "top_k": "10"}
+    if tracklets:
+        per = crops_per_request // tracklets
+        form["tracklets"] = [f"track-{j // per}" for j in range(crops_per_request)]
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -145,9 +155,7 @@ async def run_point(
                 chosen = [payloads[(i + j) % len(payloads)] for j in range(crops_per_request)]
                 i += crops_per_request
                 sent = time.perf_counter()
-                response = await client.post(
-                    "/query", data={"collection": COLLECTION, "top_k": "10"}, files=files_field(*chosen)
-                )
+                response = await client.post("/query", data=form, files=files_field(*chosen))
                 if response.status_code == 200:
                     latencies.append(time.perf_counter() - sent)
                 else:
@@ -164,15 +172,15 @@ def sweep(
     mode: str,
     max_batch: int,
     payloads: list[bytes],
-    plan: list[tuple[int, int]],
+    plan: list[tuple[int, int, int]],
     duration_s: float,
 ) -> list[LoadPoint]:
     points: list[LoadPoint] = []
     with server.client() as client:
-        for crops_per_request, concurrency in plan:
+        for crops_per_request, concurrency, tracklets in plan:
             before = batch_stats(client.get("/metrics").text)
             latencies, errors, seconds = asyncio.run(
-                run_point(server.url, payloads, crops_per_request, concurrency, duration_s)
+                run_point(server.url, payloads, crops_per_request, concurrency, duration_s, tracklets)
             )
             after = batch_stats(client.get("/metrics").text)
             batches = after[1] - before[1]
@@ -185,6 +193,7 @@ def sweep(
                 None if pct["p95"] is None else pct["p95"] * 1000,
                 None if pct["p99"] is None else pct["p99"] * 1000,
                 (after[0] - before[0]) / batches if batches else None,
+                tracklets,
             )
             logger.info("%s", point)
             points.append(point)
@@ -210,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32], help="for 1-crop requests")
     parser.add_argument("--multi-concurrency", type=int, nargs="+", default=[1, 2, 4], help="for 32-crop requests")
     parser.add_argument("--multi-crops", type=int, default=32)
+    parser.add_argument(
+        "--tracklet-concurrency", type=int, nargs="*", default=[1, 2], help="for multi-crop requests of tracklets"
+    )
+    parser.add_argument("--tracklets", type=int, default=4, help="tracklets per multi-crop tracklet request")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of load per point (plus the tail)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, server and raw model alike")
     parser.add_argument("--max-batch", type=int, default=32)
@@ -221,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.height, args.width, args.concurrency, args.multi_concurrency = 64, 32, [1, 4], [1]
         args.multi_crops, args.duration, args.gallery, args.raw_batches = 4, 0.5, 8, [1, 8]
+        args.tracklets, args.tracklet_concurrency = 2, [1]
         args.threads = 1
     input_size = (args.height, args.width)
     payloads = [encode(player_crop(p, v), "JPEG", quality=90) for p in range(12) for v in range(6)]
@@ -232,12 +246,18 @@ def main(argv: list[str] | None = None) -> int:
         # cores can be far slower than 1 (barrier waits on a descheduled thread); the best is the reference.
         raw_threads = sorted({1, args.threads})
         raw_before = _best_raw(checkpoint, args.raw_batches, raw_threads, raw_seconds)
-        plan = [(1, c) for c in args.concurrency] + [(args.multi_crops, c) for c in args.multi_concurrency]
+        if args.tracklet_concurrency and args.multi_crops % args.tracklets:
+            parser.error(f"--multi-crops {args.multi_crops} is not a multiple of --tracklets {args.tracklets}")
+        plan = (
+            [(1, c, 0) for c in args.concurrency]
+            + [(args.multi_crops, c, 0) for c in args.multi_concurrency]
+            + [(args.multi_crops, c, args.tracklets) for c in args.tracklet_concurrency]
+        )
         points: list[LoadPoint] = []
         top = max(args.concurrency)
         for mode, max_batch, mode_plan in (
             ("batched", args.max_batch, plan),
-            ("unbatched", 1, [(1, top)]),
+            ("unbatched", 1, [(1, top, 0)]),
         ):
             env = server_env(
                 checkpoint,
@@ -266,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         "saturation_point": {"crops_per_request": saturation.crops_per_request, "concurrency": saturation.concurrency},
         f"batched_over_unbatched_at_c{top}": b_top.crops_per_s / u_top.crops_per_s,
     }
+    # what pooling costs: crops/s of tracklet requests over plain requests of as many crops, same concurrency
+    plain_multi = {p.concurrency: p for p in batched if p.crops_per_request == args.multi_crops and not p.tracklets}
+    for t in (p for p in batched if p.tracklets and p.concurrency in plain_multi):
+        ratios[f"tracklets_over_plain_at_c{t.concurrency}"] = t.crops_per_s / plain_multi[t.concurrency].crops_per_s
     payload = {
         "benchmark": "service_load",
         "quick": args.quick,
@@ -279,11 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     write_results(args.out, payload)
     print(
         markdown_table(
-            ["mode", "crops/request", "concurrency", "requests", "crops/s", "p50 ms", "p95 ms", "p99 ms",
-             "mean batch", "errors"],
+            ["mode", "crops/request", "tracklets", "concurrency", "requests", "crops/s", "p50 ms", "p95 ms",
+             "p99 ms", "mean batch", "errors"],
             [
-                (p.mode, p.crops_per_request, p.concurrency, p.requests, p.crops_per_s, p.p50_ms, p.p95_ms, p.p99_ms,
-                 p.mean_batch_size, p.errors)
+                (p.mode, p.crops_per_request, p.tracklets or "-", p.concurrency, p.requests, p.crops_per_s, p.p50_ms,
+                 p.p95_ms, p.p99_ms, p.mean_batch_size, p.errors)
                 for p in points
             ],
         )

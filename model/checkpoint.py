@@ -4,8 +4,10 @@
     model, spec = load_checkpoint("runs/x/model.safetensors", device="cuda:0")
 
 The spec (``CheckpointSpec``) holds format_version, architecture, model_config (the build_model kwargs),
-preprocess (input size, mean, std), embedding_dim, threshold (calibrated cosine threshold or None), metrics and
-train_meta. Training resume state (optimizer, epoch) lives in a separate file owned by training/.
+preprocess (input size, mean, std), embedding_dim, threshold (calibrated cosine threshold or None), thresholds
+(optional calibrated thresholds per query size bucket, e.g. {"1": 0.70, "2-4": 0.75, "5+": 0.75}, see
+model/thresholds.py; absent in older files, which read as {}), metrics and train_meta. Training resume state
+(optimizer, epoch) lives in a separate file owned by training/.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from model.base import Preprocess, ReIDModel
+from model.thresholds import parse_buckets
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ class CheckpointSpec:
     threshold: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     train_meta: dict[str, Any] = field(default_factory=dict)
+    # Per query size bucket ("1", "2-4", "5+"); `threshold` stays the value for any size no bucket covers.
+    thresholds: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +58,7 @@ class CheckpointSpec:
             "preprocess": self.preprocess.as_dict(),
             "embedding_dim": self.embedding_dim,
             "threshold": self.threshold,
+            "thresholds": self.thresholds,
             "metrics": self.metrics,
             "train_meta": self.train_meta,
         }
@@ -84,6 +90,7 @@ class CheckpointSpec:
                 threshold=None if threshold is None else float(threshold),
                 metrics=dict(data.get("metrics") or {}),
                 train_meta=dict(data.get("train_meta") or {}),
+                thresholds=parse_buckets(data.get("thresholds") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{source}: malformed metadata: {exc}") from exc
@@ -94,6 +101,7 @@ def spec_for(
     threshold: float | None = None,
     metrics: dict[str, Any] | None = None,
     train_meta: dict[str, Any] | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> CheckpointSpec:
     """The spec a checkpoint of ``model`` gets; preprocess comes from the model itself so it cannot diverge."""
     return CheckpointSpec(
@@ -105,6 +113,7 @@ def spec_for(
         threshold=threshold,
         metrics=dict(metrics or {}),
         train_meta=dict(train_meta or {}),
+        thresholds=parse_buckets(thresholds or {}),
     )
 
 
@@ -115,10 +124,14 @@ def save_checkpoint(
     threshold: float | None = None,
     metrics: dict[str, Any] | None = None,
     train_meta: dict[str, Any] | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> CheckpointSpec:
-    """Write ``model``'s weights and spec to one .safetensors file (atomically: temp file + rename)."""
+    """Write ``model``'s weights and spec to one .safetensors file (atomically: temp file + rename).
+
+    ``thresholds`` optionally maps query size buckets to calibrated thresholds (model/thresholds.py).
+    """
     path = Path(path)
-    spec = spec_for(model, threshold, metrics, train_meta)
+    spec = spec_for(model, threshold, metrics, train_meta, thresholds)
     metadata = {METADATA_KEY: json.dumps(spec.as_dict(), sort_keys=True)}
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -54,12 +54,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def threshold_policy(settings: Settings, checkpoint_threshold: float | None) -> ThresholdPolicy:
-    """REID_THRESHOLD wins over the checkpoint's calibrated value, which wins over the built-in default."""
+def threshold_policy(
+    settings: Settings, checkpoint_threshold: float | None, by_size: dict[str, float] | None = None
+) -> ThresholdPolicy:
+    """REID_THRESHOLD wins over the checkpoint's calibrated values, which win over the built-in default.
+    The checkpoint's per-size thresholds apply only with its own threshold (an env value serves every size)."""
     if settings.threshold is not None:
         return ThresholdPolicy(settings.threshold, "env", checkpoint_threshold)
     if checkpoint_threshold is not None:
-        return ThresholdPolicy(float(checkpoint_threshold), "checkpoint", checkpoint_threshold)
+        return ThresholdPolicy(float(checkpoint_threshold), "checkpoint", checkpoint_threshold, dict(by_size or {}))
+    if by_size:
+        return ThresholdPolicy(settings.default_threshold, "checkpoint", None, dict(by_size))
     return ThresholdPolicy(settings.default_threshold, "default", None)
 
 
@@ -103,7 +108,7 @@ async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceSt
         gallery=gallery,
         metrics=metrics,
         decode_pool=ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="reid-decode"),
-        threshold=threshold_policy(settings, embedder.spec.threshold),
+        threshold=threshold_policy(settings, embedder.spec.threshold, embedder.spec.thresholds),
         image_limits=ImageLimits(
             max_file_bytes=settings.max_file_bytes,
             max_pixels=settings.max_image_pixels,

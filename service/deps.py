@@ -9,12 +9,13 @@ from __future__ import annotations
 import hmac
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from model.thresholds import threshold_for
 from service.batching import DynamicBatcher
 from service.embedder import Embedder
 from service.errors import NotReadyError, ServiceError
@@ -28,11 +29,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ThresholdPolicy:
-    """The default match threshold and where it came from (env > checkpoint > default)."""
+    """The default match threshold and where it came from (env > checkpoint > default), and the checkpoint's
+    thresholds per query size bucket (used only when the threshold comes from the checkpoint)."""
 
     value: float
     source: str
     checkpoint_value: float | None
+    by_size: dict[str, float] = field(default_factory=dict)
+
+    def for_crops(self, crops: int, override: float | None = None) -> float:
+        """Threshold for a query pooled from ``crops`` crops: a request's ``override`` wins, then the size
+        bucket's calibrated value, else ``value``."""
+        if override is not None:
+            return override
+        return threshold_for(crops, self.by_size, self.value)
 
 
 @dataclass

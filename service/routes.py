@@ -21,7 +21,6 @@ from service.gallery import BackendUnavailableError, CollectionNotFoundError, Ga
 from service.imaging import DecodedCrop, decode_crop
 from service.schemas import (
     COLLECTION_PATTERN,
-    Candidate,
     CollectionInfoOut,
     CollectionsResponse,
     DeletedCollection,
@@ -35,11 +34,11 @@ from service.schemas import (
     InfoResponse,
     Match,
     QueryResponse,
-    QueryResult,
 )
 from service.schemas import (
     GalleryItem as GalleryItemOut,
 )
+from service.tracklets import parse_tracklets, pool_queries, rank_matches
 from service.version import VERSION
 
 logger = logging.getLogger(__name__)
@@ -181,18 +180,8 @@ def _detail(item: GalleryItem) -> GalleryItemDetail:
     )
 
 
-def _rank(hits: list[ScoredItem], threshold: float) -> QueryResult:
-    matches = [Match(id=UUID(h.item.id), label=h.item.label, score=h.score) for h in hits]
-    best: dict[str, float] = {}
-    for m in matches:  # matches are best first, so the first score seen per label is its best
-        best.setdefault(m.label, m.score)
-    candidates = [Candidate(label=label, score=score) for label, score in best.items()]
-    top = matches[0] if matches else None
-    return QueryResult(
-        matches=matches,
-        candidates=candidates,
-        match=top.label if top is not None and top.score >= threshold else None,
-    )
+def _matches(hits: list[ScoredItem]) -> list[Match]:
+    return [Match(id=UUID(h.item.id), label=h.item.label, score=h.score) for h in hits]
 
 
 # ---------------------------------------------------------------- health
@@ -382,15 +371,28 @@ async def query(
         float | None,
         Form(ge=-1.0, le=1.0, description="Override of the match threshold (cosine, -1..1).", examples=[0.6]),
     ] = None,
+    tracklets: Annotated[
+        list[str] | None,
+        Form(
+            description="Optional tracklet per file (one field per file, in file order): files sharing a value are "
+            "pooled into one query, answered once, in order of first appearance.",
+            examples=[["track-12"]],
+        ),
+    ] = None,
 ) -> QueryResponse:
     _check_file_count(state, files)
+    groups = parse_tracklets(tracklets, len(files))
     await _require_collection(state, collection)
     _admit(state, len(files))
     crops = await _decode_all(state, files)
-    embeddings = await _embed(state, crops)
-    hits = await asyncio.to_thread(state.gallery.search, collection, embeddings, top_k)
-    used = state.threshold.value if threshold is None else threshold
-    return QueryResponse(results=[_rank(per, used) for per in hits], threshold=used)
+    queries = pool_queries(await _embed(state, crops), groups)  # (Q, D) crops -> (T, D), one per tracklet
+    hits = await asyncio.to_thread(state.gallery.search, collection, queries, top_k)
+    policy = state.threshold
+    results = [
+        rank_matches(_matches(per), policy.for_crops(g.crops, threshold), g)
+        for per, g in zip(hits, groups, strict=True)
+    ]
+    return QueryResponse(results=results, threshold=policy.for_crops(1, threshold))
 
 
 # ---------------------------------------------------------------- info and metrics
@@ -408,6 +410,7 @@ async def info(state: StateDep) -> InfoResponse:
         threshold=state.threshold.value,
         threshold_source=state.threshold.source,
         checkpoint_threshold=state.threshold.checkpoint_value,
+        thresholds_by_size=dict(state.threshold.by_size),
         device=embedder.device,
         autocast=embedder.autocast,
         format_version=spec.format_version,

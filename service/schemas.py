@@ -82,7 +82,10 @@ class Match(BaseModel):
 
 class Candidate(BaseModel):
     label: str = Field(description="Player identity.", examples=["home-7"])
-    score: float = Field(description="Best score of this identity among the matches.", examples=[0.83])
+    score: float = Field(
+        description="Score of this identity from its items among the matches (rule: its best item's score).",
+        examples=[0.83],
+    )
 
 
 class QueryResult(BaseModel):
@@ -92,11 +95,27 @@ class QueryResult(BaseModel):
         description="Best label when its score reaches the threshold, else null (nobody close enough).",
         examples=["home-7"],
     )
+    tracklet: str | None = Field(
+        default=None,
+        description="The `tracklets` value of this query; null when the request sent no `tracklets`.",
+        examples=["track-12"],
+    )
+    crops: int = Field(default=1, description="Crops pooled into this query (1 for a plain crop).", examples=[8])
+    threshold: float | None = Field(
+        default=None,
+        description="Threshold applied to this result (calibrated per query size unless overridden).",
+        examples=[0.55],
+    )
 
 
 class QueryResponse(BaseModel):
-    results: list[QueryResult] = Field(description="One result per uploaded file, in upload order.")
-    threshold: float = Field(description="Threshold applied to decide `match`.", examples=[0.55])
+    results: list[QueryResult] = Field(
+        description="One result per uploaded file in upload order, or, with `tracklets`, one per tracklet in order "
+        "of first appearance."
+    )
+    threshold: float = Field(
+        description="Threshold for single-crop queries (each result carries the one applied to it).", examples=[0.55]
+    )
 
 
 class CollectionInfoOut(BaseModel):
@@ -132,6 +151,11 @@ class InfoResponse(BaseModel):
     )
     checkpoint_threshold: float | None = Field(
         description="Threshold stored in the checkpoint (calibrated).", examples=[0.55]
+    )
+    thresholds_by_size: dict[str, float] = Field(
+        default_factory=dict,
+        description="Thresholds per query size bucket (crops pooled) in use; empty when one threshold serves all.",
+        examples=[{"1": 0.55, "2-4": 0.6, "5+": 0.62}],
     )
     device: str = Field(description="Where inference runs.", examples=["cuda:0"])
     autocast: str | None = Field(description="Autocast dtype on GPU, null on CPU.", examples=["bfloat16"])

@@ -63,6 +63,9 @@ def test_service_load_quick(tmp_path: Path) -> None:
     assert _positive(data["raw"]["best_crops_per_s"])
     modes = {(p["mode"], p["crops_per_request"], p["concurrency"]) for p in data["points"]}
     assert ("unbatched", 1, 4) in modes and ("batched", 4, 1) in modes
+    # the multi-crop request made of tracklets (2 of 2 in quick mode) ran without errors
+    assert [p["tracklets"] for p in data["points"] if p["tracklets"]] == [2]
+    assert _positive(data["ratios"]["tracklets_over_plain_at_c1"])
     for point in data["points"]:
         assert point["errors"] == 0 and point["requests"] >= 1
         assert _positive(point["crops_per_s"]) and point["p50_ms"] <= point["p99_ms"]

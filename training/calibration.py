@@ -20,6 +20,18 @@ neighbouring distinct scores gives the same decisions, so the midpoint of the tw
 small score drift); the cut that accepts every query returns the lowest score itself. When several cuts
 reach the same F1, the highest threshold (fewest accepts) wins; when no cut gives a correct accept, the
 threshold rejects every query.
+
+Pooled queries (tracklets, see model/pooling.py) score higher than single crops, so one threshold does not fit
+every query size. ``calibrate_tracklet_thresholds`` pools validation crops of each identity into tracklets of
+several sizes and calibrates one threshold per size bucket (model/thresholds.py), for the checkpoint's
+``thresholds`` metadata::
+
+    by_bucket = calibrate_tracklet_thresholds(q_emb, q_pids, g_emb, g_pids)   # {"1": Calibration, "2-4": ...}
+    # or, on a split where every query has a match (hides half the identities, groups = SoccerNet actions):
+    by_bucket = calibrate_tracklets_with_distractors(q.feats, q.pids, g.feats, g.pids, q_groups=q.groups,
+                                                     g_groups=g.groups)
+    save_checkpoint(model, path, threshold=by_bucket["1"].threshold,
+                    thresholds=bucket_thresholds(by_bucket), metrics={"calibration_by_size": ...})
 """
 
 from __future__ import annotations
@@ -30,6 +42,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from model.pooling import DEFAULT_LABEL_RULE, DEFAULT_POOLING, label_score_matrix, pool_groups
+from model.thresholds import DEFAULT_BUCKETS, bucket_of, bucket_range
 from training.evaluation import group_labels
 
 logger = logging.getLogger(__name__)
@@ -191,3 +205,221 @@ def top1_from_embeddings(
         correct[rows] = same_pid[np.arange(sim.shape[0]), best] & np.isfinite(scores[rows])
         has_match[rows] = same_pid.any(axis=1)
     return scores, correct, has_match
+
+
+def sample_tracklets(
+    q_pids: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    per_identity: int = 1,
+    q_groups: Sequence[Hashable] | np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """Random tracklets of ``size`` crops of one identity (and one group, e.g. a camera or an action).
+
+    Args:
+        q_pids: (num_q,) identity of each query crop.
+        size: crops per tracklet.
+        rng: numpy random generator (seeded by the caller).
+        per_identity: tracklets drawn per (identity, group); fewer when the crops do not allow distinct subsets.
+        q_groups: optional (num_q,) group of each crop: a tracklet never mixes groups.
+
+    Returns:
+        list of (size,) int64 index arrays into the query rows, grouped identity by identity.
+    """
+    if size < 1 or per_identity < 1:
+        raise ValueError(f"size and per_identity must be >= 1, got {size} and {per_identity}")
+    pids = np.asarray(q_pids)
+    groups = group_labels(q_groups) if q_groups is not None else [None] * len(pids)
+    members: dict[tuple[Hashable, Hashable], list[int]] = {}
+    for i, (pid, group) in enumerate(zip(pids.tolist(), groups, strict=True)):
+        members.setdefault((pid, group), []).append(i)
+    tracklets: list[np.ndarray] = []
+    for rows in members.values():
+        if len(rows) < size:
+            continue
+        seen: set[tuple[int, ...]] = set()
+        for _ in range(per_identity * 4):  # bounded retries: small identities have few distinct subsets
+            pick = tuple(sorted(rng.choice(rows, size=size, replace=False).tolist()))
+            if pick not in seen:
+                seen.add(pick)
+                tracklets.append(np.array(pick, dtype=np.int64))
+            if len(seen) == per_identity:
+                break
+    return tracklets
+
+
+def tracklet_top1(
+    q_emb: np.ndarray,
+    q_pids: np.ndarray,
+    tracklets: Sequence[Sequence[int]],
+    g_emb: np.ndarray,
+    g_pids: np.ndarray,
+    pooling: str = DEFAULT_POOLING,
+    label_rule: str = DEFAULT_LABEL_RULE,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``top1_from_embeddings`` for pooled queries, scored per label the way the service scores them.
+
+    Args:
+        q_emb: (num_q, D) query crop embeddings.
+        q_pids: (num_q,) identities; each tracklet must hold one identity.
+        tracklets: T index lists into the query rows.
+        g_emb: (num_g, D) gallery embeddings; g_pids: (num_g,) their identities (the service's labels).
+        pooling, label_rule: see model/pooling.py.
+
+    Returns:
+        scores (T,) top-1 label score, correct (T,) bool, has_match (T,) bool.
+    """
+    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
+    if len(g_emb) == 0:
+        raise ValueError("the gallery is empty")
+    pids = np.array([q_pids[np.asarray(t)][0] for t in tracklets])
+    if any(len(set(q_pids[np.asarray(t)].tolist())) != 1 for t in tracklets):
+        raise ValueError("a tracklet mixes identities")
+    g = _normalise(g_emb)
+    scores = np.empty(len(tracklets))
+    correct = np.empty(len(tracklets), dtype=bool)
+    for start in range(0, len(tracklets), _CHUNK):
+        part = tracklets[start : start + _CHUNK]
+        pooled = pool_groups(q_emb, part, pooling).astype(np.float64)
+        labels, per_label = label_score_matrix(pooled @ g.T, g_pids, label_rule)
+        best = np.argmax(per_label, axis=1)
+        rows = slice(start, start + len(part))
+        scores[rows] = per_label[np.arange(len(part)), best]
+        correct[rows] = labels[best] == pids[rows]
+    has_match = np.isin(pids, g_pids)
+    return scores, correct, has_match
+
+
+def calibrate_size_buckets(
+    top1_scores: np.ndarray,
+    top1_correct: np.ndarray,
+    query_has_match: np.ndarray,
+    sizes: np.ndarray,
+    buckets: Sequence[str] = DEFAULT_BUCKETS,
+) -> dict[str, Calibration]:
+    """``calibrate_threshold`` separately on the queries of each size bucket.
+
+    Args:
+        top1_scores, top1_correct, query_has_match: (N,) as for ``calibrate_threshold``.
+        sizes: (N,) crops pooled into each query.
+        buckets: bucket keys ("1", "2-4", "5+"; model/thresholds.py).
+
+    Returns:
+        {bucket: Calibration} for every bucket that holds at least one query (the others are left out).
+    """
+    sizes = np.asarray(sizes).ravel()
+    for key in buckets:
+        bucket_range(key)  # raise early on a malformed key
+    keys = np.array([bucket_of(int(n), dict.fromkeys(buckets, 0.0)) for n in sizes], dtype=object)
+    out: dict[str, Calibration] = {}
+    for key in buckets:
+        rows = keys == key
+        if rows.any():
+            out[key] = calibrate_threshold(
+                np.asarray(top1_scores)[rows], np.asarray(top1_correct)[rows], np.asarray(query_has_match)[rows]
+            )
+        else:
+            logger.warning("no validation query falls in size bucket %r; it gets no threshold", key)
+    return out
+
+
+def calibrate_tracklet_thresholds(
+    q_emb: np.ndarray,
+    q_pids: np.ndarray,
+    g_emb: np.ndarray,
+    g_pids: np.ndarray,
+    *,
+    buckets: Sequence[str] = DEFAULT_BUCKETS,
+    max_size: int = 8,
+    per_identity: int = 2,
+    q_groups: Sequence[Hashable] | np.ndarray | None = None,
+    seed: int = 0,
+    pooling: str = DEFAULT_POOLING,
+    label_rule: str = DEFAULT_LABEL_RULE,
+) -> dict[str, Calibration]:
+    """One threshold per query size bucket, from validation crops pooled into tracklets.
+
+    For each size 1..max_size it draws up to ``per_identity`` tracklets per (identity, group) among the query
+    crops (sizes larger than any identity's crop count yield none), scores them as the service does, and
+    calibrates each bucket on the tracklets whose size falls in it. The gallery should leave some query
+    identities out (distractors), as for ``calibrate_threshold``.
+
+    Args:
+        q_emb: (num_q, D) query crop embeddings; q_pids: (num_q,) identities.
+        g_emb: (num_g, D) gallery embeddings; g_pids: (num_g,) identities.
+        q_groups: optional (num_q,) groups (camera, action): a tracklet stays within one.
+
+    Returns:
+        {bucket: Calibration}; ``bucket_thresholds`` turns it into the checkpoint's ``thresholds`` mapping.
+    """
+    rng = np.random.default_rng(seed)
+    tracklets: list[np.ndarray] = []
+    for size in range(1, max_size + 1):
+        tracklets += sample_tracklets(q_pids, size, rng, per_identity, q_groups)
+    if not tracklets:
+        raise ValueError("no validation tracklet could be formed")
+    scores, correct, has_match = tracklet_top1(q_emb, q_pids, tracklets, g_emb, g_pids, pooling, label_rule)
+    sizes = np.array([len(t) for t in tracklets])
+    return calibrate_size_buckets(scores, correct, has_match, sizes, buckets)
+
+
+def bucket_thresholds(calibrations: dict[str, Calibration]) -> dict[str, float]:
+    """{bucket: Calibration} -> {bucket: threshold}, the checkpoint's ``thresholds`` metadata."""
+    return {key: calib.threshold for key, calib in calibrations.items()}
+
+
+def calibrate_tracklets_with_distractors(
+    q_emb: np.ndarray,
+    q_pids: np.ndarray,
+    g_emb: np.ndarray,
+    g_pids: np.ndarray,
+    *,
+    q_groups: Sequence[Hashable] | np.ndarray | None = None,
+    g_groups: Sequence[Hashable] | np.ndarray | None = None,
+    q_tracks: Sequence[Hashable] | np.ndarray | None = None,
+    absent_fraction: float = 0.5,
+    seed: int = 0,
+    buckets: Sequence[str] = DEFAULT_BUCKETS,
+    max_size: int = 8,
+    per_identity: int = 2,
+) -> dict[str, Calibration]:
+    """Per-size thresholds on a validation split that has a match for every query (the usual case).
+
+    The gallery crops of a random ``absent_fraction`` of the identities are hidden so that their queries become
+    distractors (as ``training.inference.calibrate_with_distractors`` does for one threshold), then
+    ``calibrate_tracklet_thresholds`` runs. With groups (SoccerNet actions), an identity is a (group, pid) pair.
+
+    Args:
+        q_emb: (num_q, D), q_pids: (num_q,) validation queries; g_emb: (num_g, D), g_pids: (num_g,) gallery.
+        q_groups, g_groups: optional (num_q,), (num_g,) groups in which pids are unique; give both or neither.
+        q_tracks: optional (num_q,) key a tracklet must share (e.g. camera id); default: the group.
+
+    Returns:
+        {bucket: Calibration}; ``bucket_thresholds`` gives the checkpoint's ``thresholds``.
+    """
+    if not 0.0 < absent_fraction < 1.0:
+        raise ValueError(f"absent_fraction must be in (0, 1), got {absent_fraction}")
+    if (q_groups is None) != (g_groups is None):
+        raise ValueError("give both q_groups and g_groups, or neither")
+
+    def identities(pids: np.ndarray, groups: Sequence[Hashable] | np.ndarray | None) -> np.ndarray:
+        labels = group_labels(groups) if groups is not None else [""] * len(pids)
+        return np.array([f"{g}\x1f{p}" for g, p in zip(labels, np.asarray(pids).tolist(), strict=True)])
+
+    q_ids, g_ids = identities(q_pids, q_groups), identities(g_pids, g_groups)
+    rng = np.random.default_rng(seed)
+    people = sorted(set(q_ids.tolist()))
+    absent = {people[i] for i in rng.permutation(len(people))[: round(len(people) * absent_fraction)]}
+    keep = np.array([i not in absent for i in g_ids.tolist()], dtype=bool)
+    tracks = q_tracks if q_tracks is not None else q_groups
+    return calibrate_tracklet_thresholds(
+        q_emb,
+        q_ids,
+        np.asarray(g_emb)[keep],
+        g_ids[keep],
+        buckets=buckets,
+        max_size=max_size,
+        per_identity=per_identity,
+        q_groups=tracks,
+        seed=seed,
+    )

@@ -131,7 +131,9 @@ def export_for_serving(source: Path, out: Path, extra_meta: dict[str, Any] | Non
     state = {k: v for k, v in trained.state_dict().items() if not k.startswith("classifier.")}
     model.load_state_dict(state, strict=True)
     meta = {**spec.train_meta, "exported_from": source.name, **(extra_meta or {})}
-    save_checkpoint(model.eval(), out, threshold=spec.threshold, metrics=spec.metrics, train_meta=meta)
+    save_checkpoint(
+        model.eval(), out, threshold=spec.threshold, metrics=spec.metrics, train_meta=meta, thresholds=spec.thresholds
+    )
     return {"source": str(source), "out": str(out), "threshold": spec.threshold, "metrics": spec.metrics}
 
 

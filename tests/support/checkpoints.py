@@ -14,14 +14,18 @@ logger = logging.getLogger(__name__)
 TINY_INPUT_SIZE = (64, 32)
 
 
-def make_tiny_checkpoint(path: Path, threshold: float | None = 0.9, seed: int = 0) -> Path:
-    """Write the tiny checkpoint to ``path`` and return it; same seed -> same weights -> same embeddings."""
+def make_tiny_checkpoint(
+    path: Path, threshold: float | None = 0.9, seed: int = 0, thresholds: dict[str, float] | None = None
+) -> Path:
+    """Write the tiny checkpoint to ``path`` and return it; same seed -> same weights -> same embeddings.
+    ``thresholds``: optional thresholds per query size bucket (model/thresholds.py)."""
     torch.manual_seed(seed)
     model = build_model("osnet_x0_25", num_classes=0, input_size=TINY_INPUT_SIZE).eval()
     save_checkpoint(
         model,
         path,
         threshold=threshold,
+        thresholds=thresholds,
         metrics={"note": "untrained test model"},
         train_meta={"purpose": "tests"},
     )

@@ -43,10 +43,23 @@ def train_main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
     except ConfigError as exc:
         parser.error(str(exc))
-    result = train(config)
+    try:
+        result = train(config)
+    except (ValueError, FileNotFoundError) as exc:
+        logger.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if result.out_dir is not None and not _is_main_rank():
+        return 0
     print(json.dumps({"out_dir": str(result.out_dir), "best_checkpoint": str(result.best_checkpoint),
-                      "best_metrics": result.best_metrics}, indent=2))
+                      "best_metrics": result.best_metrics, "test_metrics": result.test_metrics}, indent=2))
     return 0
+
+
+def _is_main_rank() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _read_eval_split(fmt: str, root: str, eval_split: str, cuhk03_eval_pids: tuple[int, int]) -> Any:

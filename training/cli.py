@@ -294,3 +294,20 @@ def demo_model_main(argv: list[str] | None = None) -> int:
     print(json.dumps(info, indent=2))
     print(f"demo checkpoint (trained on SYNTHETIC players, for trying the API only): {args.out}", file=sys.stderr)
     return 0
+
+
+COMMANDS = {"train": train_main, "eval": eval_main, "export": export_main, "demo-model": demo_model_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m training.cli {train,eval,export,demo-model} ARGS: what torchrun launches
+    (``torchrun --nproc_per_node 4 -m training.cli train --config training/configs/soccernet.yaml``)."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in COMMANDS:
+        print(f"usage: python -m training.cli {{{','.join(COMMANDS)}}} ARGS", file=sys.stderr)
+        return 2
+    return COMMANDS[args[0]](args[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,7 +15,8 @@ FROM python:3.11-slim-bookworm
 
 # gpu: faiss-gpu (CUDA 12). cpu: faiss-cpu. Exactly one of the two (see pyproject.toml).
 ARG EXTRAS=gpu
-# Where the gpu image's torch comes from: a CUDA 12 build, to match faiss-gpu's CUDA major (see above).
+# Where torch comes from: a CUDA 12 build, to match faiss-gpu's CUDA major (see above). A CPU-only image can
+# pass --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu (smaller); empty means PyPI.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -36,17 +37,9 @@ COPY model/ model/
 COPY training/ training/
 COPY service/ service/
 
-# gpu: torch 2.14.1 for CUDA 12 first; make install's "torch==2.14.1" is then already satisfied (the +cu128
-# local label does not count when pip compares versions), so the venv keeps it.
-RUN --mount=type=cache,target=/root/.cache/pip \
-    if [ "${EXTRAS}" = gpu ]; then \
-        python3.11 -m venv /opt/venv \
-        && /opt/venv/bin/pip install --index-url "${TORCH_INDEX}" torch==2.14.1 torchvision==0.29.1; \
-    fi
-
 # The README's and CI's install step, not a second recipe: venv + torch + the project with its extras.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    make install VENV=/opt/venv EXTRAS=${EXTRAS} PYTHON=python3.11
+    make install VENV=/opt/venv EXTRAS=${EXTRAS} PYTHON=python3.11 TORCH_INDEX=${TORCH_INDEX}
 
 # The venv and the source stay root-owned and read-only to the service; only /data and /runs are its own.
 RUN useradd --system --no-log-init --uid 10001 --user-group --create-home --home-dir /home/reid reid \

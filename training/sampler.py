@@ -157,7 +157,7 @@ class PKSampler(Sampler[list[int]]):
 
     def _pick(self, candidates: list[int], count: int, games: dict[str | None, str | None]) -> list[int]:
         """Up to ``count`` of ``candidates`` (in order) that fit the batch's games; ``games`` is updated."""
-        picked = []
+        picked: list[int] = []
         for pid in candidates:
             if len(picked) == count:
                 break

@@ -94,6 +94,9 @@ def read_data(config: TrainConfig) -> ReidSplit:
         raise ValueError(f"unknown data.format {data.format!r}; valid: soccernet, market1501, cuhk03")
     if data.test_split is not None and data.format != "soccernet":
         raise ValueError(f"data.test_split applies to SoccerNet only; {data.format}'s query/gallery is its test set")
+    if data.test_split is not None and not (Path(data.root) / data.test_split).is_dir():
+        # Found out now, not after the last epoch.
+        raise FileNotFoundError(f"data.test_split: {Path(data.root) / data.test_split} is not a folder")
     if data.train_fraction < 1.0 and split.train:
         train, num_pids = subsample_train(split.train, data.train_fraction, data.train_fraction_seed)
         split = ReidSplit(split.name, train, split.query, split.gallery, num_pids)

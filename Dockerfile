@@ -3,15 +3,21 @@
 #   docker compose build            # or: docker build -t soccernet-reid:gpu .
 #   docker build --build-arg EXTRAS=cpu -t soccernet-reid:cpu .   # no GPU faiss, for CPU-only hosts
 #
-# CUDA comes with the wheels, not the base image: the PyPI torch 2.14.1 wheel pulls the CUDA 13 runtime,
-# cuDNN, cuBLAS and NCCL as nvidia-* wheels, and faiss-gpu-cu12 pulls its CUDA 12 runtime the same way.
-# An nvidia/cuda base would only add a second, unused copy of those libraries. The host provides the driver
-# (>= 580 for CUDA 13) through the NVIDIA Container Toolkit.
+# CUDA comes with the wheels, not the base image: torch and faiss each pull their CUDA runtime, cuBLAS (and
+# torch cuDNN, NCCL) as nvidia-* wheels; an nvidia/cuda base would only add an unused copy of those libraries.
+# One CUDA major for both: PyPI's torch 2.14.1 is built for CUDA 13 and pins its runtime at 13.0 and cuBLAS at
+# 13.1, while the only CUDA 13 faiss wheel (faiss-gpu-cuvs 1.15) needs both >= 13.2, so pip cannot install
+# the two together. The gpu image therefore takes torch's CUDA 12.8 build from PyTorch's index (TORCH_INDEX)
+# and faiss-gpu 1.15 (CUDA >= 12.6, < 13): both on CUDA 12. The host provides the driver through the NVIDIA
+# Container Toolkit.
 # BuildKit is needed for the pip cache mount (the default builder of Docker Engine >= 23 and of compose v2).
 FROM python:3.11-slim-bookworm
 
-# gpu: faiss-gpu-cu12. cpu: faiss-cpu. Exactly one of the two (see pyproject.toml).
+# gpu: faiss-gpu (CUDA 12). cpu: faiss-cpu. Exactly one of the two (see pyproject.toml).
 ARG EXTRAS=gpu
+# Where torch comes from: a CUDA 12 build, to match faiss-gpu's CUDA major (see above). A CPU-only image can
+# pass --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu (smaller); empty means PyPI.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 
 # The version is pyproject.toml's (tests/test_versions.py checks that they agree).
 LABEL org.opencontainers.image.title="soccernet-reid" \
@@ -39,7 +45,7 @@ COPY service/ service/
 
 # The README's and CI's install step, not a second recipe: venv + torch + the project with its extras.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    make install VENV=/opt/venv EXTRAS=${EXTRAS} PYTHON=python3.11
+    make install VENV=/opt/venv EXTRAS=${EXTRAS} PYTHON=python3.11 TORCH_INDEX=${TORCH_INDEX}
 
 # The venv and the source stay root-owned and read-only to the service; only /data and /runs are its own.
 RUN useradd --system --no-log-init --uid 10001 --user-group --create-home --home-dir /home/reid reid \

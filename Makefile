@@ -2,6 +2,9 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 EXTRAS ?= cpu,dev
+# Package index for torch/torchvision (empty: PyPI, CUDA 13 builds). The GPU image sets PyTorch's cu128 index so
+# that torch and faiss-gpu share CUDA 12 (see Dockerfile).
+TORCH_INDEX ?=
 CHECKPOINT ?= artifacts/demo.safetensors
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -15,7 +18,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -e ".[$(EXTRAS)]"
 	touch $@
 

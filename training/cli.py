@@ -2,6 +2,7 @@
 
     reid-train --config train.yaml data.root=/data/soccernet-reid model.name=pose_bilinear run.out_dir=runs/pb
     reid-eval runs/pb/best.safetensors --data-format soccernet --data-root /data/soccernet-reid --out runs/pb/eval
+    reid-eval runs/pb/best.safetensors --data-root /data/soccernet-reid --eval-split challenge --out runs/pb/challenge
     reid-export runs/pb --out models/pose_bilinear.safetensors
     reid-demo-model --out artifacts/demo.safetensors        # SYNTHETIC players, CPU, a few minutes
     reid-synthetic --out data/synthetic --games 8
@@ -43,10 +44,23 @@ def train_main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
     except ConfigError as exc:
         parser.error(str(exc))
-    result = train(config)
+    try:
+        result = train(config)
+    except (ValueError, FileNotFoundError) as exc:
+        logger.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if result.out_dir is not None and not _is_main_rank():
+        return 0
     print(json.dumps({"out_dir": str(result.out_dir), "best_checkpoint": str(result.best_checkpoint),
-                      "best_metrics": result.best_metrics}, indent=2))
+                      "best_metrics": result.best_metrics, "test_metrics": result.test_metrics}, indent=2))
     return 0
+
+
+def _is_main_rank() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _read_eval_split(fmt: str, root: str, eval_split: str, cuhk03_eval_pids: tuple[int, int]) -> Any:
@@ -64,14 +78,45 @@ def _read_eval_split(fmt: str, root: str, eval_split: str, cuhk03_eval_pids: tup
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-format", default="soccernet", choices=["soccernet", "market1501", "cuhk03"])
     parser.add_argument("--data-root", required=True, help="data set root (CUHK03: the folder of <pid>_<idx>.jpg)")
-    parser.add_argument("--eval-split", default="valid", help="SoccerNet split to evaluate: valid | test")
+    parser.add_argument("--eval-split", default="valid", choices=["valid", "test", "challenge"],
+                        help="SoccerNet split: valid | test (scored) | challenge (ranking file only, no score)")
     parser.add_argument("--cuhk03-eval-pids", type=int, nargs=2, default=(1000, 1467), metavar=("LOW", "HIGH"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=128)
 
 
+def _challenge_main(args: argparse.Namespace, model: Any, device: torch.device) -> int:
+    """Rank the hidden-label challenge split and write the official ranking file; never print a score."""
+    from training.challenge import check_ranking, ranking_filename, ranking_results, write_ranking
+    from training.evaluation import compute_distance_matrix
+    from training.inference import extract_embeddings
+
+    split = _read_eval_split("soccernet", args.data_root, "challenge", tuple(args.cuhk03_eval_pids))
+    query = extract_embeddings(model, split.query, device, args.batch_size, progress=True)
+    gallery = extract_embeddings(model, split.gallery, device, args.batch_size, progress=True)
+    if args.rerank:
+        from training.reranking import rerank_per_group
+
+        distmat = rerank_per_group(query.feats, gallery.feats, query.groups, gallery.groups)
+    else:
+        distmat = compute_distance_matrix(query.feats, gallery.feats, metric="cosine")
+    ranking = ranking_results(split.query, split.gallery, distmat)
+    check_ranking(ranking, split.query, split.gallery)
+    path = write_ranking(ranking, args.out / ranking_filename("challenge"))
+    print(json.dumps({"checkpoint": str(args.checkpoint), "data": split.name, "ranking_file": str(path),
+                      "queries": len(split.query), "gallery": len(split.gallery), "reranked": args.rerank,
+                      "score": None,
+                      "note": "challenge labels are hidden: the score comes from the challenge server only"},
+                     indent=2))
+    return 0
+
+
 def eval_main(argv: list[str] | None = None) -> int:
-    """reid-eval CHECKPOINT --data-format F --data-root R [--out DIR] [--rerank]: metrics JSON and plots."""
+    """reid-eval CHECKPOINT --data-format F --data-root R [--out DIR] [--rerank]: metrics JSON and plots.
+
+    SoccerNet with --out also writes the split's ranking file in the challenge format; ``--eval-split challenge``
+    writes only that file (labels are hidden there, so no score is printed).
+    """
     from model.device import resolve_device
     from training.inference import evaluate_model, protocol_for
     from training.loop import write_plots
@@ -79,12 +124,17 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="reid-eval", description="Evaluate a checkpoint on a data set.")
     parser.add_argument("checkpoint", type=Path)
     _add_data_args(parser)
-    parser.add_argument("--out", type=Path, help="folder for metrics.json and plots (default: print only)")
+    parser.add_argument("--out", type=Path, help="folder for metrics.json, plots and (SoccerNet) the ranking file")
     parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (per action for SoccerNet)")
     args = parser.parse_args(argv)
+    if args.eval_split == "challenge" and (args.data_format != "soccernet" or args.out is None):
+        parser.error("--eval-split challenge is SoccerNet's hidden-label split: it needs --data-format soccernet "
+                     "and --out DIR for the ranking file (no score is computed)")
     _setup_logging()
     device = resolve_device(args.device)
     model, spec = load_checkpoint(args.checkpoint, device)
+    if args.eval_split == "challenge":
+        return _challenge_main(args, model, device)
     split = _read_eval_split(args.data_format, args.data_root, args.eval_split, tuple(args.cuhk03_eval_pids))
     result = evaluate_model(model, split, device, args.batch_size, progress=True)
     report: dict[str, Any] = {
@@ -95,14 +145,15 @@ def eval_main(argv: list[str] | None = None) -> int:
         "calibration": result.calibration.as_dict(),
         "checkpoint_threshold": spec.threshold,
     }
+    distmat = result.distmat
     if args.rerank:
         from training.evaluation import evaluate_market, evaluate_soccernet
         from training.reranking import rerank_per_group
 
         q, g = result.query, result.gallery
         if protocol_for(split) == "soccernet":
-            reranked = rerank_per_group(q.feats, g.feats, q.groups, g.groups)
-            rr = evaluate_soccernet(reranked, q.pids, g.pids, q.groups, g.groups)
+            distmat = rerank_per_group(q.feats, g.feats, q.groups, g.groups)
+            rr = evaluate_soccernet(distmat, q.pids, g.pids, q.groups, g.groups)
         else:
             reranked = rerank_per_group(q.feats, g.feats, [0] * len(q.pids), [0] * len(g.pids))
             rr = evaluate_market(reranked, q.pids, g.pids, q.camids, g.camids)
@@ -110,6 +161,11 @@ def eval_main(argv: list[str] | None = None) -> int:
         report["metrics_reranked"] = {k: v for k, v in rr.items() if k != "cmc"}
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
+        if args.data_format == "soccernet":
+            from training.challenge import ranking_filename, ranking_results, write_ranking
+
+            ranking = ranking_results(split.query, split.gallery, distmat)
+            report["ranking_file"] = str(write_ranking(ranking, args.out / ranking_filename(args.eval_split)))
         (args.out / "metrics.json").write_text(json.dumps(report, indent=2))
         write_plots(args.out, [], result)
     print(json.dumps(report, indent=2))
@@ -240,3 +296,20 @@ def demo_model_main(argv: list[str] | None = None) -> int:
     print(json.dumps(info, indent=2))
     print(f"demo checkpoint (trained on SYNTHETIC players, for trying the API only): {args.out}", file=sys.stderr)
     return 0
+
+
+COMMANDS = {"train": train_main, "eval": eval_main, "export": export_main, "demo-model": demo_model_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m training.cli {train,eval,export,demo-model} ARGS: what torchrun launches
+    (``torchrun --nproc_per_node 4 -m training.cli train --config training/configs/soccernet.yaml``)."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in COMMANDS:
+        print(f"usage: python -m training.cli {{{','.join(COMMANDS)}}} ARGS", file=sys.stderr)
+        return 2
+    return COMMANDS[args[0]](args[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

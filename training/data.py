@@ -26,9 +26,10 @@ import logging
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -300,6 +301,29 @@ def read_soccernet(
     else:
         query, gallery = read_soccernet_eval(root / eval_split)
     return ReidSplit(f"soccernet/{eval_split}", train, query, gallery, num_train_pids)
+
+
+def subsample_train(samples: Sequence[Sample], fraction: float, seed: int = 0) -> tuple[list[Sample], int]:
+    """A seeded share of the training set in whole units, pids relabelled 0..N-1 -> (samples, identities).
+
+    The unit is the ranking group (a SoccerNet action: its identities only exist inside it) where samples have
+    groups, else the identity. round(fraction * units) units are drawn (at least one), without replacement.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"train fraction must be in (0, 1], got {fraction}")
+    by_group = any(s.group for s in samples)
+    units = sorted({s.group if by_group else s.pid for s in samples}, key=str)
+    if fraction < 1.0:
+        rng = np.random.default_rng(seed)
+        count = max(1, round(fraction * len(units)))
+        chosen = {units[i] for i in rng.choice(len(units), size=count, replace=False)}
+        samples = [s for s in samples if (s.group if by_group else s.pid) in chosen]
+        logger.info("training on %d of %d %s (fraction %.3f, seed %d): %d crops", count, len(units),
+                    "actions" if by_group else "identities", fraction, seed, len(samples))
+    labels: dict[int, int] = {}
+    for sample in samples:
+        labels.setdefault(sample.pid, len(labels))
+    return [replace(s, pid=labels[s.pid]) for s in samples], len(labels)
 
 
 # ------------------------------------------------------------------------------------------- Market-1501

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from model import ReIDModel
 from model.device import autocast_for
 from training.calibration import Calibration, calibrate_threshold, top1_from_embeddings
-from training.data import ReidImageDataset, ReidSplit, Sample
+from training.data import UNLABELLED_PID, ReidImageDataset, ReidSplit, Sample
 from training.evaluation import compute_distance_matrix, evaluate_market, evaluate_soccernet
 from training.transforms import eval_transform
 
@@ -140,6 +140,10 @@ def evaluate_model(
     """Embed the split's query and gallery, score them with the split's protocol, calibrate the threshold."""
     if not split.query or not split.gallery:
         raise ValueError(f"{split.name}: evaluation needs query and gallery samples")
+    if all(s.pid == UNLABELLED_PID for s in split.query):
+        # Every hidden pid is the same -1: each gallery crop would count as a match and mAP would read 1.0.
+        raise ValueError(f"{split.name}: labels are hidden, there is no score to compute; write the challenge "
+                         "ranking file with reid-eval --eval-split challenge --out DIR")
     query = extract_embeddings(model, split.query, device, batch_size, workers, amp, progress)
     gallery = extract_embeddings(model, split.gallery, device, batch_size, workers, amp, progress)
     protocol = protocol_for(split)

@@ -7,13 +7,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model import ReIDOutput
+from training.config import LossConfig
+
+__all__ = ["BatchHardTripletLoss", "LabelSmoothingCrossEntropy", "LossConfig", "ReIDCriterion", "pairwise_euclidean"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +70,6 @@ class BatchHardTripletLoss(nn.Module):
         hardest_negative = dist.masked_fill(~negative_mask, float("inf")).amin(dim=1)
         losses = F.relu(hardest_positive - hardest_negative + self.margin)
         return losses[valid].mean()
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    id_weight: float = 1.0
-    triplet_weight: float = 1.0
-    triplet_margin: float = 0.3
-    label_smoothing: float = 0.1
-    # Weight of each layer-wise similarity triplet term (summed with the main terms, as the seed does).
-    layer_weight: float = 1.0
 
 
 class ReIDCriterion(nn.Module):

@@ -1,8 +1,13 @@
 """P x K identity batch sampler: each batch holds P identities with K crops each.
 
-Used as a DataLoader ``batch_sampler``; with ``within_group=True`` all P identities of a batch come
-from one ranking group (one SoccerNet action, or one game if the caller passes game names), which is
-where hard negatives live for SoccerNet and where person ids are valid at all.
+Used as a DataLoader ``batch_sampler``. Every identity is used every epoch, and every crop of it: an
+identity with n crops gives ceil(n / K) chunks of K (the last one topped up with its other crops; one with
+n < K repeats its crops evenly). With ``within_group=True`` (SoccerNet) batches are first drawn inside
+one ranking group (one action), where hard negatives live; whatever an action cannot fill (fewer than P
+identities left) is then mixed with the remainders of other actions, never two actions of the same game
+in one batch, since SoccerNet person ids are only valid inside an action and the same player appears
+under another label in the game's other actions. A last short batch is topped up with identities drawn
+again. So no action is skipped for having fewer than P identities and no identity is dropped.
 
     >>> sampler = PKSampler(dataset.pids, dataset.groups, P=8, K=4, within_group=True)
     >>> loader = DataLoader(dataset, batch_sampler=sampler, num_workers=4)
@@ -35,20 +40,17 @@ def _world() -> tuple[int, int]:
 class PKSampler(Sampler[list[int]]):
     """Yields lists of P*K dataset indices (identity-major: K indices of pid 1, then pid 2, ...).
 
-    An identity with n >= K instances contributes floor(n / K) disjoint chunks of K per epoch; one with
-    n < K contributes a single chunk drawn with replacement. Batches pick P distinct identities that
-    still have chunks, weighted by how many they have left, until fewer than P remain.
-
     Args:
         pids: identity of each dataset index (non-negative ints).
-        groups: ranking group of each index (required when ``within_group``).
+        groups: ranking group of each index (required when ``within_group``); a group's game is the part
+            before its last "/" ("league/season/game/action" -> "league/season/game"), or the group itself.
         P, K: identities per batch and instances per identity.
         num_replicas, rank: distributed share; default to torch.distributed when initialised, else 1 / 0.
         seed: base seed; the plan of an epoch depends only on (seed, epoch).
-        within_group: draw the P identities of a batch from a single group; groups with fewer than P
-            identities are skipped (logged).
+        within_group: draw batches inside one group first, then mix the groups' remainders across games.
         drop_last: when the epoch's batch count is not a multiple of num_replicas, drop the surplus
-            (True, shares stay disjoint) or repeat batches from the start of the plan to fill the last round.
+            (True; shares stay disjoint but the dropped batches' identities miss the epoch) or repeat batches
+            from the start of the plan to fill the last round (False; every identity is used).
     """
 
     def __init__(
@@ -87,35 +89,32 @@ class PKSampler(Sampler[list[int]]):
             if pid < 0:
                 raise ValueError(f"pid {pid} at index {index}: unlabelled samples cannot be P x K sampled")
             self._indices[int(pid)].append(index)
+        if len(self._indices) < P:
+            raise ValueError(f"only {len(self._indices)} identities, fewer than P={P}")
 
-        # Ordered identity pools, each sampled independently: one per group, or a single global one.
+        # Per identity: its group and game (None without within_group: every identity can share a batch).
+        self._group: dict[int, str | None] = dict.fromkeys(self._indices)
+        self._game: dict[int, str | None] = dict.fromkeys(self._indices)
         pools: dict[str, list[int]] = defaultdict(list)
         if within_group:
             assert groups is not None
-            group_of: dict[int, str] = {}
             for index, (pid, group) in enumerate(zip(pids, groups, strict=True)):
-                if group_of.setdefault(int(pid), group) != group:
+                first = self._group[int(pid)]
+                if first is None:
+                    self._group[int(pid)] = group
+                    self._game[int(pid)] = group.rpartition("/")[0] or group
+                elif first != group:
                     raise ValueError(
-                        f"pid {pid} appears in groups {group_of[int(pid)]!r} and {group!r} (index {index}); "
+                        f"pid {pid} appears in groups {first!r} and {group!r} (index {index}); "
                         "within_group sampling needs each identity inside one group"
                     )
             for pid in sorted(self._indices):
-                pools[group_of[pid]].append(pid)
-            small = {g: ids for g, ids in pools.items() if len(ids) < P}
-            if len(small) == len(pools):
-                largest = max(len(ids) for ids in pools.values())
-                raise ValueError(f"every group has fewer than P={P} identities (largest has {largest})")
-            if small:
-                skipped = sum(len(self._indices[pid]) for ids in small.values() for pid in ids)
-                logger.warning(
-                    "PKSampler: %d of %d groups have fewer than P=%d identities; %d samples skipped",
-                    len(small), len(pools), P, skipped,
-                )
-            self._pools = [ids for g, ids in sorted(pools.items()) if g not in small]
+                pools[str(self._group[pid])].append(pid)
+            self._pools = [ids for _, ids in sorted(pools.items())]
         else:
-            if len(self._indices) < P:
-                raise ValueError(f"only {len(self._indices)} identities, fewer than P={P}")
             self._pools = [sorted(self._indices)]
+        self.remainder_batches = 0  # of the last plan: batches of step 2 / of step 3 (see _epoch_plan)
+        self.topped_up = 0
 
         self._plan_epoch: int | None = None
         self._plan: list[list[int]] = []
@@ -129,34 +128,82 @@ class PKSampler(Sampler[list[int]]):
         """Select the epoch whose plan the next iteration follows (call before each epoch)."""
         self.epoch = epoch
 
-    def _pool_batches(self, pool: list[int], rng: np.random.Generator) -> list[list[int]]:
-        chunks: dict[int, list[list[int]]] = {}
-        for pid in pool:
-            indices = np.asarray(self._indices[pid])
-            if len(indices) < self.K:
-                chosen = rng.choice(indices, size=self.K, replace=True)
-                chunks[pid] = [chosen.tolist()]
-            else:
-                shuffled = rng.permutation(indices)
-                n_chunks = len(indices) // self.K
-                chunks[pid] = [shuffled[i * self.K : (i + 1) * self.K].tolist() for i in range(n_chunks)]
-        batches: list[list[int]] = []
-        while True:
-            alive = [pid for pid in pool if chunks[pid]]
-            if len(alive) < self.P:
-                return batches
-            weights = np.asarray([len(chunks[pid]) for pid in alive], dtype=np.float64)
-            picked = rng.choice(len(alive), size=self.P, replace=False, p=weights / weights.sum())
-            batches.append([index for i in picked for index in chunks[alive[i]].pop()])
+    def _chunks(self, pid: int, rng: np.random.Generator) -> list[list[int]]:
+        """ceil(n / K) chunks of K crops covering all n crops of ``pid``; no crop twice in a chunk when n >= K."""
+        indices = np.asarray(self._indices[pid])
+        n, K = len(indices), self.K
+        if n < K:
+            tiled = np.concatenate([rng.permutation(indices) for _ in range(-(-K // n))])[:K]
+            return [tiled.tolist()]
+        shuffled = rng.permutation(indices)
+        full = n // K
+        chunks = [shuffled[i * K : (i + 1) * K].tolist() for i in range(full)]
+        rest = shuffled[full * K :]
+        if len(rest):
+            extra = rng.choice(shuffled[: full * K], size=K - len(rest), replace=False)
+            chunks.append([*rest.tolist(), *extra.tolist()])
+        return chunks
+
+    def _weighted_order(self, alive: list[int], chunks: dict[int, list[list[int]]],
+                        rng: np.random.Generator) -> list[int]:
+        """``alive`` in a random order where identities with more chunks left tend to come first."""
+        weights = np.asarray([len(chunks[pid]) for pid in alive], dtype=np.float64)
+        keys = rng.random(len(alive)) ** (1.0 / weights)  # Efraimidis-Spirakis weighted sampling
+        return [alive[i] for i in np.argsort(-keys, kind="stable")]
+
+    def _compatible(self, pid: int, games: dict[str | None, str | None]) -> bool:
+        game = self._game[pid]
+        return game is None or game not in games or games[game] == self._group[pid]
+
+    def _pick(self, candidates: list[int], count: int, games: dict[str | None, str | None]) -> list[int]:
+        """Up to ``count`` of ``candidates`` (in order) that fit the batch's games; ``games`` is updated."""
+        picked: list[int] = []
+        for pid in candidates:
+            if len(picked) == count:
+                break
+            if self._compatible(pid, games):
+                picked.append(pid)
+                games[self._game[pid]] = self._group[pid]
+        return picked
 
     def _epoch_plan(self) -> list[list[int]]:
         """All batches of the current epoch, identical on every rank."""
-        if self._plan_epoch != self.epoch:
-            rng = np.random.default_rng([self.seed, self.epoch])
-            plan = [batch for pool in self._pools for batch in self._pool_batches(pool, rng)]
-            order = rng.permutation(len(plan))
-            self._plan = [plan[i] for i in order]
-            self._plan_epoch = self.epoch
+        if self._plan_epoch == self.epoch:
+            return self._plan
+        rng = np.random.default_rng([self.seed, self.epoch])
+        chunks = {pid: self._chunks(pid, rng) for pid in sorted(self._indices)}
+        plan: list[list[int]] = []
+        # 1. Inside each group (one SoccerNet action, or everything) while it has P identities with chunks left.
+        for pool in self._pools:
+            while True:
+                alive = [pid for pid in pool if chunks[pid]]
+                if len(alive) < self.P:
+                    break
+                picked = self._weighted_order(alive, chunks, rng)[: self.P]
+                plan.append([index for pid in picked for index in chunks[pid].pop()])
+        # 2. The groups' remainders mixed, at most one action per game in a batch.
+        self.remainder_batches = self.topped_up = 0
+        while True:
+            alive = [pid for pid in sorted(chunks) if chunks[pid]]
+            if not alive:
+                break
+            games: dict[str | None, str | None] = {}
+            picked = self._pick(self._weighted_order(alive, chunks, rng), self.P, games)
+            batch = [index for pid in picked for index in chunks[pid].pop()]
+            # 3. A short batch is topped up with identities drawn again (fresh chunks of K of their crops).
+            if len(picked) < self.P:
+                others = [pid for pid in rng.permutation(sorted(self._indices)).tolist() if pid not in picked]
+                extra = self._pick(others, self.P - len(picked), games)
+                if len(extra) < self.P - len(picked):  # too few compatible games: take any other identity
+                    rest = [pid for pid in others if pid not in extra]
+                    extra += rest[: self.P - len(picked) - len(extra)]
+                batch += [index for pid in extra for index in self._chunks(pid, rng)[0]]
+                self.topped_up += 1
+            self.remainder_batches += 1
+            plan.append(batch)
+        order = rng.permutation(len(plan))
+        self._plan = [plan[i] for i in order]
+        self._plan_epoch = self.epoch
         return self._plan
 
     def __len__(self) -> int:
@@ -173,3 +220,21 @@ class PKSampler(Sampler[list[int]]):
             plan = plan + [plan[i % len(plan)] for i in range(needed - len(plan))]
         for batch in plan[self.rank : needed : self.num_replicas]:
             yield list(batch)
+
+
+def epoch_coverage(sampler: PKSampler, pids: Sequence[int], epoch: int = 0) -> dict[str, float | int]:
+    """What one epoch of ``sampler`` (all ranks together) uses: shares of identities and crops, and how many
+    batch slots repeat a crop already drawn that epoch."""
+    sampler.set_epoch(epoch)
+    plan = [index for batch in sampler._epoch_plan() for index in batch]
+    used = set(plan)
+    identities = set(pids)
+    used_ids = {pids[i] for i in used}
+    return {
+        "identities": len(identities),
+        "identity_share": round(len(used_ids) / len(identities), 4),
+        "crops": len(pids),
+        "crop_share": round(len(used) / len(pids), 4),
+        "batches": len(sampler._epoch_plan()),
+        "repeated_slot_share": round(1 - len(used) / len(plan), 4) if plan else 0.0,
+    }

@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from pydantic import ValidationError
 
+from model.pose import OpenPoseBody
 from training.config import ConfigError, TrainConfig, load_config, parse_override, save_config
+from training.loop import build_training_model
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -118,7 +122,7 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
 
 def test_config_is_frozen() -> None:
     config = load_config()
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         config.optim.lr = 1.0  # type: ignore[misc]
 
 
@@ -129,3 +133,74 @@ def test_resolved_config_round_trip(tmp_path: Path) -> None:
     again = load_config(tmp_path / "config.yaml")
     assert again == config
     assert again.data.root == "yes"  # written quoted, so it stays a string
+
+
+@pytest.mark.parametrize("empty", ["model:\n", "model: null\n", "model: ~\n"])
+def test_override_into_an_empty_yaml_section_is_kept(tmp_path: Path, empty: str) -> None:
+    """A section left empty in the YAML file (null) used to swallow overrides into it."""
+    config = load_config(write(tmp_path, empty + "run:\n  seed: 3\n"),
+                         ["model.name=resnet50", "model.options.neck=none"])
+    assert config.model.name == "resnet50"
+    assert config.model.options == {"neck": "none"}
+    assert config.run.seed == 3
+
+
+def test_empty_section_means_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "optim:\nrun:\n")) == TrainConfig()
+
+
+def test_overrides_inside_model_options_are_plain_values(tmp_path: Path) -> None:
+    """Scalar, null, list and path overrides under model.options arrive as int / None / list / str (issue 17)."""
+    yaml_path = write(tmp_path, "model:\n  name: pose_bilinear\n  options:\n    embedding_dim: 1024\n"
+                                "    pretrained: imagenet\n")
+    weights = tmp_path / "pose.safetensors"
+    config = load_config(yaml_path, ["model.options.embedding_dim=64", "model.options.pretrained=null",
+                                     'model.options.layer_wise=["layer4"]', f"model.options.pose_weights={weights}",
+                                     "model.options.pose_trainable=false", "model.options.pose_output=parts"])
+    options = config.model.options
+    assert options == {"embedding_dim": 64, "pretrained": None, "layer_wise": ["layer4"],
+                       "pose_weights": str(weights), "pose_trainable": False, "pose_output": "parts"}
+    assert type(options["embedding_dim"]) is int
+    assert type(options["layer_wise"]) is list and type(options["pose_weights"]) is str
+
+
+def test_overridden_model_options_reach_the_built_model(tmp_path: Path) -> None:
+    """The model is built from the overridden options: embedding size, layer heads, pose weights from a file,
+    and no ImageNet download (pretrained=null; this machine has no network)."""
+    source = OpenPoseBody(stages=1, output="features")
+    with torch.no_grad():
+        source.front["conv1_1"].weight.fill_(0.25)
+    weights = tmp_path / "pose_body.pt"
+    torch.save({**source.state_dict()}, weights)
+    config = load_config(None, [
+        "model.name=pose_bilinear", "data.height=64", "data.width=32",
+        'model.options={"embedding_dim": 1024, "pretrained": "imagenet", "pose_stages": 2}',
+        "model.options.embedding_dim=64", "model.options.pretrained=null", "model.options.pose_stages=1",
+        'model.options.layer_wise=["layer4"]', f"model.options.pose_weights={weights}",
+    ])
+    model = build_training_model(config, num_classes=5)
+    assert model.embedding_dim == 64
+    assert model.config["layer_wise"] == ["layer4"] and model.config["pose_stages"] == 1
+    assert torch.equal(model.pose.front["conv1_1"].weight, torch.full_like(model.pose.front["conv1_1"].weight, 0.25))
+    out = model.train()(torch.rand(2, 3, 64, 32))
+    assert out.features.shape == (2, 64) and set(out.layer_features) == {"layer4"}
+
+
+def test_string_value_inside_options_is_kept_as_text() -> None:
+    assert load_config(None, ["model.options.neck=bnneck"]).model.options == {"neck": "bnneck"}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.format=imagenet", "data.format"),
+        ("run.select=median", "run.select"),
+        ("data.train_fraction=0", "data.train_fraction"),
+        ("data.train_fraction=1.5", "data.train_fraction"),
+        ("data.test_split=valid", "test_split must differ"),
+        ('optim.lr_mult={"pose": "slow"}', r"optim.lr_mult.pose: expected a number"),
+    ],
+)
+def test_choices_and_ranges_are_checked(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])

@@ -1,4 +1,5 @@
-"""PKSampler: batch structure, within-group drawing, replacement, determinism, distributed shares, errors."""
+"""PKSampler: batch structure, within-action drawing and cross-game mixing, full coverage every epoch,
+replacement, determinism, distributed shares, errors."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, TensorDataset
 
-from training.sampler import PKSampler
+from training.sampler import PKSampler, epoch_coverage
 
 
 def _balanced(ids: int, per_id: int) -> list[int]:
@@ -45,22 +47,78 @@ def test_identities_with_few_instances_are_sampled_with_replacement() -> None:
     assert batches[0].count(2) == 4  # the only image of pid 1
 
 
-def test_within_group_batches_stay_in_one_group() -> None:
+def _actions(sizes: list[list[int]], crops: int = 3) -> tuple[list[int], list[str]]:
+    """sizes[g][a] identities in action a of game g, ``crops`` crops each -> (pids, groups "game/action")."""
     pids, groups = [], []
-    for g, n_ids in enumerate([5, 4, 2]):  # the last group has fewer than P identities
-        for local in range(n_ids):
-            pids += [g * 10 + local] * 3
-            groups += [f"game/{g}"] * 3
+    for g, actions in enumerate(sizes):
+        for a, n_ids in enumerate(actions):
+            for _ in range(n_ids):
+                pid = len(set(pids))
+                pids += [pid] * crops
+                groups += [f"league/season/game{g}/{a}"] * crops
+    return pids, groups
+
+
+def _game(group: str) -> str:
+    return group.rpartition("/")[0]
+
+
+def test_within_group_batches_keep_one_action_per_game() -> None:
+    """Full batches come from one action; mixed ones never hold two actions of the same game (the same person
+    would appear there under two labels)."""
+    pids, groups = _actions([[5, 4, 2], [3, 6], [2, 2, 7]])
     sampler = PKSampler(pids, groups, P=3, K=2, within_group=True, seed=4)
     batches = list(sampler)
-    assert batches
-    seen_groups = set()
+    assert batches and sampler.remainder_batches > 0
+    single = 0
     for batch in batches:
-        batch_groups = {groups[i] for i in batch}
-        assert len(batch_groups) == 1
-        seen_groups |= batch_groups
-        assert len({pids[i] for i in batch}) == 3
-    assert seen_groups == {"game/0", "game/1"}
+        assert len(batch) == 6 and len({pids[i] for i in batch}) == 3
+        actions_of_game: dict[str, set[str]] = {}
+        for i in batch:
+            actions_of_game.setdefault(_game(groups[i]), set()).add(groups[i])
+        assert all(len(actions) == 1 for actions in actions_of_game.values()), actions_of_game
+        single += len({groups[i] for i in batch}) == 1
+    assert single >= 4  # the 5-, 6- and 7-identity actions fill batches on their own first
+
+
+@pytest.mark.parametrize("within_group", [True, False])
+@pytest.mark.parametrize("epoch", [0, 1, 2])
+def test_every_identity_and_every_crop_is_used_every_epoch(within_group: bool, epoch: int) -> None:
+    """Actions smaller than P, identities with fewer than K crops and identities whose crop count is not a
+    multiple of K all take part in every epoch."""
+    rng = np.random.default_rng(epoch)
+    pids, groups = [], []
+    for g in range(6):
+        for a in range(4):
+            for _ in range(int(rng.integers(2, 11))):  # 2..10 identities per action, P = 8
+                pid = len(set(pids))
+                n = int(rng.integers(1, 9))  # 1..8 crops, K = 4
+                pids += [pid] * n
+                groups += [f"l/s/g{g}/{a}"] * n
+    sampler = PKSampler(pids, groups, P=8, K=4, within_group=within_group, seed=11)
+    sampler.set_epoch(epoch)
+    batches = list(sampler)
+    used = {i for batch in batches for i in batch}
+    assert used == set(range(len(pids)))
+    coverage = epoch_coverage(sampler, pids, epoch)
+    assert coverage["identity_share"] == 1.0 and coverage["crop_share"] == 1.0
+    for batch in batches:
+        assert len(batch) == 32 and len({pids[i] for i in batch}) == 8
+
+
+def test_identity_with_fewer_than_k_crops_uses_each_crop() -> None:
+    pids = [0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    batch = next(iter(PKSampler(pids, P=3, K=4, seed=0)))
+    first = [i for i in batch if pids[i] == 0]
+    assert sorted(first) == [0, 0, 1, 1]  # two crops, each twice (not one of them four times)
+
+
+def test_distributed_padding_keeps_every_identity() -> None:
+    pids, groups = _actions([[5, 3], [4, 2, 6]])
+    shares = [list(PKSampler(pids, groups, P=4, K=2, within_group=True, num_replicas=3, rank=r, seed=2,
+                             drop_last=False)) for r in range(3)]
+    assert len({len(s) for s in shares}) == 1
+    assert {pids[i] for s in shares for b in s for i in b} == set(pids)
 
 
 def test_same_epoch_same_plan_new_epoch_new_plan() -> None:
@@ -105,8 +163,6 @@ def test_works_as_dataloader_batch_sampler() -> None:
         ({"pids": [0, 1], "P": 1, "K": 0}, "P and K"),
         ({"pids": [], "P": 1, "K": 1}, "empty"),
         ({"pids": [0, 1, 2], "P": 4, "K": 1}, "fewer than P"),
-        ({"pids": [0, 1, 2, 3], "groups": ["a", "a", "b", "b"], "P": 3, "K": 1, "within_group": True},
-         "every group"),
         ({"pids": [0, 1], "P": 1, "K": 1, "within_group": True}, "needs groups"),
         ({"pids": [0, 1], "groups": ["a"], "P": 1, "K": 1}, "entries"),
         ({"pids": [0, 0], "groups": ["a", "b"], "P": 1, "K": 1, "within_group": True}, "one group"),

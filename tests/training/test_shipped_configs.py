@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model import build_model
-from training.config import load_config
+from training.config import TrainConfig, load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "training" / "configs").glob("*.yaml"))
 
@@ -26,3 +26,32 @@ def test_shipped_config_builds_its_model(path: Path) -> None:
     out = model(torch.rand(4, 3, 64, 32))
     assert out.features.shape == (4, model.embedding_dim)
     assert set(out.layer_features) == set(config.model.options.get("layer_wise", []))
+
+
+def _config(name: str) -> TrainConfig:
+    return load_config(Path(CONFIGS[0]).parent / name)
+
+
+def test_comparison_configs_rerun_the_seed_setup() -> None:
+    """seed_pose_bilinear: two streams, no layer-wise heads, 10% of the actions, 50 epochs; the baselines train
+    on the same share for as long; every config picks on valid and reports test."""
+    seed = _config("seed_pose_bilinear.yaml")
+    assert seed.model.name == "pose_bilinear" and seed.model.options["layer_wise"] == []
+    assert seed.data.train_fraction == 0.1 and seed.optim.epochs == 50
+    for name, arch in (("resnet50_baseline.yaml", "resnet50"), ("osnet_baseline.yaml", "osnet_x1_0")):
+        baseline = _config(name)
+        assert baseline.model.name == arch
+        assert (baseline.data.train_fraction, baseline.data.train_fraction_seed, baseline.optim.epochs) == (
+            seed.data.train_fraction, seed.data.train_fraction_seed, seed.optim.epochs)
+    for path in CONFIGS:
+        config = load_config(path)
+        assert (config.data.valid_split, config.data.test_split, config.run.select) == ("valid", "test", "best")
+        if config.model.name == "pose_bilinear":
+            assert "pose_weights" in config.model.options, path.name  # explicit, never the silent default
+
+
+def test_recommended_recipe_sums_layer_terms_and_keeps_the_pose_prior() -> None:
+    config = _config("soccernet.yaml")
+    assert config.model.options["layer_wise"] and config.loss.layer_weight == 1.0
+    assert config.model.options["pose_weights"].endswith(".safetensors")
+    assert config.optim.lr_mult == {"pose": 0.1} and config.data.train_fraction == 1.0

@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 ifeq ($(strip $(MODEL)),)
 SERVE_CHECKPOINT := $(CHECKPOINT)
 SERVE_NOTE := NOTE: serving the demo model, trained on SYNTHETIC players: it says nothing about real footage. \
-For a model of real people: make serve MODEL=osnet_x1_0_msmt17 (all: $(VENV)/bin/reid-fetch --list).
+For a model of real people: make serve MODEL=osnet_x0_25_msmt17 (all: $(VENV)/bin/reid-fetch --list).
 else
 SERVE_CHECKPOINT := artifacts/zoo/$(MODEL).safetensors
 SERVE_NOTE := Serving $(MODEL) from the pretrained zoo; its provenance and licences: GET /info.

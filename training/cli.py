@@ -246,10 +246,12 @@ def _zoo_table() -> str:
     """The registry as a fixed-width table: name, architecture, data, pinned hash, published and measured rank-1."""
     from training.zoo import MEASURED_PROTOCOL, ZOO
 
-    rows = [("name", "arch", "training data", "sha256", "published R1", "CUHK03 R1 here")]
+    rows = [("name", "arch", "training data", "sha256", "published R1", "CUHK03 R1 here (100 / all)")]
     for entry in ZOO.values():
         published = f"{entry.published['rank1']:.3f} ({entry.published['dataset'].split()[0]})"
-        measured = f"{entry.measured['rank1']:.3f}" if entry.measured else "not measured"
+        measured = "not measured"
+        if entry.measured:
+            measured = f"{entry.measured['cuhk03_rank1_100']:.3f} / {entry.measured['cuhk03_rank1_all']:.3f}"
         pinned = "pinned" if entry.sha256 else "not pinned"
         rows.append((entry.name, entry.architecture, entry.training_data.split(" (")[0], pinned, published, measured))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -298,6 +300,9 @@ def fetch_main(argv: list[str] | None = None) -> int:
     except FetchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: what was downloaded is kept; run the same command again to resume", file=sys.stderr)
+        return 130
     card = result.provenance
     state = "downloaded" if result.downloaded else "already fetched"
     print(

@@ -69,8 +69,9 @@ def offline_help(entry: ZooEntry, urls: tuple[str, ...], reason: str) -> str:
     return (
         f"cannot download {entry.name}: {reason}\n"
         f"Without internet here, download it on another machine from\n  {urls[0]}\n"
-        f"(torchreid model zoo: {entry.source_page}; file {entry.file_name}){pinned}\n"
-        f"copy it here, then convert it and serve it:\n"
+        + "".join(f"  or {url}\n" for url in urls[1:])
+        + f"(torchreid model zoo: {entry.source_page}; file {entry.file_name}){pinned}\n"
+        + f"copy it here, then convert it and serve it:\n"
         f"  reid-import-torchreid --arch {entry.architecture} {entry.file_name} artifacts/{entry.name}.safetensors\n"
         f"  make serve CHECKPOINT=artifacts/{entry.name}.safetensors"
     )

@@ -255,3 +255,14 @@ def test_list_and_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:
         fetch_main(["osnet_x9"])
     assert exit_info.value.code == 2
     assert "known: osnet_x1_0_market1501" in capsys.readouterr().err
+
+
+def test_a_complete_part_left_before_the_rename_is_finished_without_downloading(
+    server: FileServer, tmp_path: Path, market_bytes: bytes
+) -> None:
+    raw = tmp_path / "cache" / "downloads" / MARKET.file_name
+    raw.parent.mkdir(parents=True)
+    part_path(raw).write_bytes(market_bytes)  # every byte arrived, then the process died before os.replace
+    result = fetch(MARKET.name, tmp_path / "cache")
+    assert result.provenance["sha256"] == MARKET.sha256  # type: ignore[attr-defined]
+    assert [(r.range, r.status, r.body_bytes) for r in server.requests] == [(f"bytes={len(market_bytes)}-", 416, 0)]

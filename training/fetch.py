@@ -16,8 +16,10 @@ e.g. ~/.cache/soccernet-reid, which honours XDG_CACHE_HOME); SOCCERNET_REID_MIRR
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +27,11 @@ from typing import Any
 
 import platformdirs
 import torch
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock, the rest works
+    fcntl = None  # type: ignore[assignment]
 
 from model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_spec, save_checkpoint
 from model.torchreid_import import import_torchreid, load_torchreid_state_dict
@@ -118,6 +125,53 @@ def fetch_model(
         logger.info("%s is already at %s", entry.name, checkpoint)
         return FetchResult(checkpoint, provenance, downloaded=False)
 
+    lock = cache / "downloads" / f"{entry.file_name}.lock"
+    with _exclusive(lock, entry.name):
+        return _download_and_convert(
+            entry,
+            checkpoint,
+            cache,
+            force=force,
+            retries=retries,
+            timeout_s=timeout_s,
+            backoff_s=backoff_s,
+            progress=progress,
+            on_chunk=on_chunk,
+        )
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path, name: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock`` (two fetches of one file would interleave their bytes in the .part)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FetchError(
+                    f"another reid-fetch is downloading {name} right now (it holds {lock}); wait for it to finish"
+                ) from None
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _download_and_convert(
+    entry: ZooEntry,
+    checkpoint: Path,
+    cache: Path,
+    *,
+    force: bool,
+    retries: int,
+    timeout_s: float,
+    backoff_s: float,
+    progress: bool,
+    on_chunk: ChunkHook | None,
+) -> FetchResult:
+    """The part of fetch_model that runs under the lock: download (or reuse), convert, write the checkpoint."""
     raw = cache / "downloads" / entry.file_name
     urls = source_urls(entry)
     downloaded = False
@@ -179,7 +233,8 @@ def fetch_model(
     }
     save_checkpoint(model, checkpoint, train_meta=train_meta, provenance=provenance)
     reloaded, _ = load_checkpoint(checkpoint)
-    probe = torch.rand(2, 3, *entry.input_size, generator=torch.Generator().manual_seed(0))
+    # A small probe is enough to compare every weight (OSNet is fully convolutional) and keeps the check cheap.
+    probe = torch.rand(2, 3, 64, 32, generator=torch.Generator().manual_seed(0))
     if not torch.allclose(model.embed(probe), reloaded.embed(probe), atol=1e-6):
         checkpoint.unlink()
         raise FetchError(f"{checkpoint} does not reproduce the imported model's embeddings; removed it")

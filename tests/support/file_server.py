@@ -11,6 +11,7 @@ Faults are consumed one per request, in order:
 - ``hold``: like ``cut``, but after those bytes wait for ``release`` (an Event) before closing, so a test can
   interrupt the client mid-download while the connection is still open; ``held`` is set once they are sent.
 - ``ignore_range``: answer 200 with the whole file even when a Range was asked for.
+- ``html``: answer 200 with a small text/html page (what Google Drive sends instead of a file over quota).
 Requests with ``Range: bytes=START-[END]`` get 206 + Content-Range, or 416 + ``bytes */SIZE`` past the end.
 """
 
@@ -33,7 +34,7 @@ HOLD_TIMEOUT_S = 60.0  # a forgotten release must not hang the suite
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # "status" | "cut" | "hold" | "ignore_range"
+    kind: str  # "status" | "cut" | "hold" | "ignore_range" | "html"
     status: int = 503
     at: int = 0
 
@@ -105,6 +106,9 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             if fault is not None and fault.kind == "status":
                 self._reply(fault.status, b"scripted failure\n", asked)
                 return
+            if fault is not None and fault.kind == "html":
+                self._reply(200, b"<html><body>Quota exceeded</body></html>\n", asked, content_type="text/html")
+                return
             data = server.files.get(name)
             if data is None:
                 self._reply(404, b"no such file\n", asked)
@@ -141,10 +145,17 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             if stop < end:
                 self.close_connection = True  # the client sees fewer bytes than Content-Length promised
 
-        def _reply(self, status: int, body: bytes, asked: str | None, extra: dict[str, str] | None = None) -> None:
+        def _reply(
+            self,
+            status: int,
+            body: bytes,
+            asked: str | None,
+            extra: dict[str, str] | None = None,
+            content_type: str = "text/plain",
+        ) -> None:
             server.record(Served(self.path.lstrip("/"), asked, status, len(body)))
             self.send_response(status)
-            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             for key, value in (extra or {}).items():
                 self.send_header(key, value)

@@ -85,7 +85,7 @@ def test_fetch_writes_a_checkpoint_with_provenance_then_reuses_it(
 
     # The served checkpoint embeds exactly like the file imported directly.
     reference = load_torchreid_checkpoint(shared_file("osnet_x0_25_market1501.pth"), arch="osnet_x0_25")
-    crops = torch.rand(2, 3, 256, 128, generator=torch.Generator().manual_seed(1))
+    crops = torch.rand(2, 3, 64, 32, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(model.embed(crops), reference.embed(crops))
 
     # Fetched again: nothing is downloaded, the cached checkpoint and its provenance stay.
@@ -125,7 +125,8 @@ def test_wrong_hash_fails_and_leaves_nothing(server: FileServer, tmp_path: Path,
     with pytest.raises(FetchError, match=f"sha256 {MSMT17.sha256} is not the pinned {MARKET.sha256}"):
         fetch(MARKET.name, tmp_path / "cache", out=out)
     assert not out.exists()
-    assert list((tmp_path / "cache").rglob("*")) == [tmp_path / "cache" / "downloads"]
+    left = sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.suffix != ".lock")
+    assert left == ["downloads"]  # no download, no .part, no checkpoint
 
 
 def test_truncated_download_gives_up_clearly_and_keeps_the_part(
@@ -266,3 +267,23 @@ def test_a_complete_part_left_before_the_rename_is_finished_without_downloading(
     result = fetch(MARKET.name, tmp_path / "cache")
     assert result.provenance["sha256"] == MARKET.sha256  # type: ignore[attr-defined]
     assert [(r.range, r.status, r.body_bytes) for r in server.requests] == [(f"bytes={len(market_bytes)}-", 416, 0)]
+
+
+def test_a_web_page_instead_of_the_file_is_refused(server: FileServer, tmp_path: Path) -> None:
+    server.faults.append(Fault("html"))  # what Google Drive sends when its download quota is exhausted
+    with pytest.raises(FetchError, match="answered with a web page, not the file"):
+        fetch(MARKET.name, tmp_path / "cache")
+    assert [r.status for r in server.requests] == [200]  # not retried: another attempt gets the same page
+
+
+def test_a_second_fetch_of_the_same_file_waits_its_turn(server: FileServer, tmp_path: Path) -> None:
+    import fcntl
+
+    lock = tmp_path / "cache" / "downloads" / f"{MARKET.file_name}.lock"
+    lock.parent.mkdir(parents=True)
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a concurrent reid-fetch would hold it
+        with pytest.raises(FetchError, match="another reid-fetch is downloading osnet_x0_25_market1501"):
+            fetch(MARKET.name, tmp_path / "cache")
+    assert server.requests == []
+    assert fetch(MARKET.name, tmp_path / "cache").downloaded  # type: ignore[attr-defined]

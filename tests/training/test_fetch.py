@@ -276,7 +276,7 @@ def test_a_web_page_instead_of_the_file_is_refused(server: FileServer, tmp_path:
     assert [r.status for r in server.requests] == [200]  # not retried: another attempt gets the same page
 
 
-def test_a_second_fetch_of_the_same_file_waits_its_turn(server: FileServer, tmp_path: Path) -> None:
+def test_a_second_fetch_of_the_same_file_is_refused_while_one_runs(server: FileServer, tmp_path: Path) -> None:
     import fcntl
 
     lock = tmp_path / "cache" / "downloads" / f"{MARKET.file_name}.lock"

@@ -8,9 +8,19 @@ TORCH_INDEX ?=
 CHECKPOINT ?= artifacts/demo.safetensors
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# make serve MODEL=NAME serves a pretrained model of the zoo (list: .venv/bin/reid-fetch --list) instead of the demo.
+MODEL ?=
 PY := $(VENV)/bin/python
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+ifeq ($(strip $(MODEL)),)
+SERVE_CHECKPOINT := $(CHECKPOINT)
+SERVE_NOTE := NOTE: serving the demo model, trained on SYNTHETIC players: it says nothing about real footage. \
+For a model of real people: make serve MODEL=osnet_x0_25_msmt17 (all: $(VENV)/bin/reid-fetch --list).
+else
+SERVE_CHECKPOINT := artifacts/zoo/$(MODEL).safetensors
+SERVE_NOTE := Serving $(MODEL) from the pretrained zoo; its provenance and licences: GET /info.
+endif
 
 .PHONY: install serve test lint lint-ruff lint-mypy lint-docker demo-model clean
 
@@ -25,12 +35,18 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 $(CHECKPOINT): | install
+	@echo "Building the demo model from SYNTHETIC players (offline; real people: make serve MODEL=NAME)."
 	$(VENV)/bin/reid-demo-model --out $(CHECKPOINT)
+
+# Downloaded (resumably, hash-checked), converted and cached by reid-fetch; offline it says how to do it by hand.
+artifacts/zoo/%.safetensors: | install
+	$(VENV)/bin/reid-fetch $* --out $@
 
 demo-model: $(CHECKPOINT)
 
-serve: install $(CHECKPOINT)
-	REID_CHECKPOINT=$${REID_CHECKPOINT:-$(CHECKPOINT)} $(VENV)/bin/reid-serve --host $(HOST) --port $(PORT)
+serve: install $(SERVE_CHECKPOINT)
+	@echo "$(SERVE_NOTE)"
+	REID_CHECKPOINT=$${REID_CHECKPOINT:-$(SERVE_CHECKPOINT)} $(VENV)/bin/reid-serve --host $(HOST) --port $(PORT)
 
 test: install
 	$(VENV)/bin/python -m pytest -q -rs

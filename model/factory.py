@@ -11,7 +11,7 @@ from typing import Any
 
 from model.base import ReIDModel
 from model.network import PoseBilinearReID, ResNet50ReID
-from model.osnet import osnet_x0_25, osnet_x1_0
+from model.osnet import osnet_x0_5, osnet_x0_25, osnet_x0_75, osnet_x1_0
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +19,8 @@ ARCHITECTURES: dict[str, Callable[..., ReIDModel]] = {
     "pose_bilinear": PoseBilinearReID,
     "resnet50": ResNet50ReID,
     "osnet_x1_0": osnet_x1_0,
+    "osnet_x0_75": osnet_x0_75,
+    "osnet_x0_5": osnet_x0_5,
     "osnet_x0_25": osnet_x0_25,
 }
 

@@ -1,5 +1,6 @@
 """OSNet, the omni-scale re-id network (Zhou et al., "Omni-Scale Feature Learning for Person Re-Identification",
-ICCV 2019), in the x1.0 and x0.25 widths, as baselines beside the ResNet-50 models.
+ICCV 2019), in the four widths torchreid publishes (x1.0, x0.75, x0.5, x0.25), as baselines beside the ResNet-50
+models.
 
     model = osnet_x0_25(num_classes=751)
     out = model(torch.rand(4, 3, 256, 128))   # features (4, 512), logits (4, 751)
@@ -200,7 +201,7 @@ class OSNetReID(ReIDModel):
         classifier_bias: bool = False,
     ) -> None:
         if not type(self).architecture:
-            raise TypeError("OSNetReID is abstract: build osnet_x1_0 or osnet_x0_25")
+            raise TypeError("OSNetReID is abstract: build one of " + ", ".join(sorted(OSNET_ARCHITECTURES)))
         config: dict[str, Any] = {
             "num_classes": num_classes,
             "input_size": list(input_size),
@@ -235,6 +236,20 @@ class OSNetX1_0ReID(OSNetReID):
     CHANNELS = (64, 256, 384, 512)
 
 
+class OSNetX0_75ReID(OSNetReID):
+    """OSNet at three-quarter width: channels (48, 192, 288, 384), about 1.3M parameters without the classifier."""
+
+    architecture = "osnet_x0_75"
+    CHANNELS = (48, 192, 288, 384)
+
+
+class OSNetX0_5ReID(OSNetReID):
+    """OSNet at half width: channels (32, 128, 192, 256), about 0.6M parameters without the classifier."""
+
+    architecture = "osnet_x0_5"
+    CHANNELS = (32, 128, 192, 256)
+
+
 class OSNetX0_25ReID(OSNetReID):
     """OSNet at quarter width: channels (16, 64, 96, 128), about 0.2M parameters without the classifier."""
 
@@ -247,6 +262,16 @@ def osnet_x1_0(**config: Any) -> OSNetReID:
     return OSNetX1_0ReID(**config)
 
 
+def osnet_x0_75(**config: Any) -> OSNetReID:
+    """Factory entry for "osnet_x0_75": keyword config as in ``OSNetReID``."""
+    return OSNetX0_75ReID(**config)
+
+
+def osnet_x0_5(**config: Any) -> OSNetReID:
+    """Factory entry for "osnet_x0_5": keyword config as in ``OSNetReID``."""
+    return OSNetX0_5ReID(**config)
+
+
 def osnet_x0_25(**config: Any) -> OSNetReID:
     """Factory entry for "osnet_x0_25": keyword config as in ``OSNetReID``."""
     return OSNetX0_25ReID(**config)
@@ -254,5 +279,7 @@ def osnet_x0_25(**config: Any) -> OSNetReID:
 
 OSNET_ARCHITECTURES: dict[str, type[OSNetReID]] = {
     OSNetX1_0ReID.architecture: OSNetX1_0ReID,
+    OSNetX0_75ReID.architecture: OSNetX0_75ReID,
+    OSNetX0_5ReID.architecture: OSNetX0_5ReID,
     OSNetX0_25ReID.architecture: OSNetX0_25ReID,
 }

@@ -417,6 +417,7 @@ async def info(state: StateDep) -> InfoResponse:
         checkpoint=embedder.checkpoint.rsplit("/", 1)[-1],
         metrics=dict(spec.metrics),
         train_meta=dict(spec.train_meta),
+        provenance=dict(spec.provenance),
         max_batch_size=state.settings.max_batch_size,
         max_files=state.settings.max_files,
     )

@@ -168,5 +168,11 @@ class InfoResponse(BaseModel):
         description="Training metadata stored in the checkpoint.",
         examples=[{"dataset": "soccernet", "epochs": 60}],
     )
+    provenance: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Where pretrained weights came from (source URL, sha256, licences, training data, fetched_at); "
+        "empty for models trained here.",
+        examples=[{"name": "osnet_x0_25_market1501", "training_data": "Market-1501", "sha256": "c0ff0917..."}],
+    )
     max_batch_size: int = Field(description="Largest inference batch.", examples=[32])
     max_files: int = Field(description="Files allowed per request.", examples=[64])

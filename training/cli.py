@@ -6,6 +6,8 @@
     reid-export runs/pb --out models/pose_bilinear.safetensors
     reid-demo-model --out artifacts/demo.safetensors        # SYNTHETIC players, CPU, a few minutes
     reid-synthetic --out data/synthetic --games 8
+    reid-fetch --list                                      # the pretrained model zoo (training/zoo.py)
+    reid-fetch osnet_x1_0_msmt17 --out artifacts/osnet_x1_0_msmt17.safetensors
 """
 
 from __future__ import annotations
@@ -298,11 +300,90 @@ def demo_model_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-COMMANDS = {"train": train_main, "eval": eval_main, "export": export_main, "demo-model": demo_model_main}
+def _zoo_table() -> str:
+    """The registry as a fixed-width table: name, architecture, data, pinned hash, published and measured rank-1."""
+    from training.zoo import MEASURED_PROTOCOL, ZOO
+
+    rows = [("name", "arch", "training data", "sha256", "published R1", "CUHK03 R1 here (100 / all)")]
+    for entry in ZOO.values():
+        published = f"{entry.published['rank1']:.3f} ({entry.published['dataset'].split()[0]})"
+        measured = "not measured"
+        if entry.measured:
+            measured = f"{entry.measured['cuhk03_rank1_100']:.3f} / {entry.measured['cuhk03_rank1_all']:.3f}"
+        pinned = "pinned" if entry.sha256 else "not pinned"
+        rows.append((entry.name, entry.architecture, entry.training_data.split(" (")[0], pinned, published, measured))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    notes = [
+        "",
+        "Weights: torchreid model zoo (MIT). Data: Market-1501 and MSMT17 are research-use-only data sets.",
+        f"CUHK03 R1 here: {MEASURED_PROTOCOL} (benchmarks/zoo_cuhk03.py).",
+        "Fetch one: reid-fetch NAME [--out FILE]; serve it: make serve MODEL=NAME",
+    ]
+    return "\n".join(lines + notes)
+
+
+def fetch_main(argv: list[str] | None = None) -> int:
+    """reid-fetch NAME [--out FILE] | reid-fetch --list: a pretrained model of the zoo as a serving checkpoint."""
+    from training.fetch import CACHE_ENV, MIRROR_ENV, FetchError, cache_dir, fetch_model
+    from training.zoo import ZOO
+
+    parser = argparse.ArgumentParser(
+        prog="reid-fetch",
+        description="Download public re-id weights (resumable, hash-checked), convert them strictly and write a "
+        f"checkpoint whose model card records where they came from. Cache: ${CACHE_ENV} "
+        f"(default {cache_dir()}); ${MIRROR_ENV}=<base URL> downloads from a mirror instead.",
+    )
+    parser.add_argument("name", nargs="?", help="model name (see --list)")
+    parser.add_argument("--list", action="store_true", help="print the registry and exit")
+    parser.add_argument("--out", type=Path, help="checkpoint to write (default: in the cache); printed at the end")
+    parser.add_argument("--force", action="store_true", help="download and convert again even if cached")
+    parser.add_argument("--retries", type=int, default=4, help="further attempts after a failed one (default 4)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to connect and per read (default 30)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.list:
+        print(_zoo_table())
+        return 0
+    if not args.name:
+        parser.error("give a model name, or --list to see them")
+    if args.name not in ZOO:
+        parser.error(f"unknown model {args.name!r}; known: {', '.join(ZOO)}")
+    _setup_logging()
+    try:
+        result = fetch_model(
+            args.name, args.out, force=args.force, retries=max(0, args.retries), timeout_s=args.timeout,
+            progress=not args.quiet,
+        )
+    except FetchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: what was downloaded is kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    card = result.provenance
+    state = "downloaded" if result.downloaded else "already fetched"
+    print(
+        f"{args.name} ({state}): {card['training_data']}; weights {card['weights_licence']}; "
+        f"data: {card['data_terms']}",
+        file=sys.stderr,
+    )
+    print(f"serve it: make serve CHECKPOINT={result.checkpoint}", file=sys.stderr)
+    print(result.checkpoint)
+    return 0
+
+
+COMMANDS = {
+    "train": train_main,
+    "eval": eval_main,
+    "export": export_main,
+    "demo-model": demo_model_main,
+    "fetch": fetch_main,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m training.cli {train,eval,export,demo-model} ARGS: what torchrun launches
+    """python -m training.cli {train,eval,export,demo-model,fetch} ARGS: what torchrun launches
     (``torchrun --nproc_per_node 4 -m training.cli train --config training/configs/soccernet.yaml``)."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] not in COMMANDS:

@@ -107,3 +107,25 @@ def test_weights_that_do_not_fit_the_config_are_refused(saved: tuple[Path, torch
     unknown = _rewrite_spec(path, tmp_path / "unknown.safetensors", architecture="vit_h")
     with pytest.raises(CheckpointError, match="valid"):
         load_checkpoint(unknown)
+
+
+def test_provenance_round_trips_and_older_files_read_as_empty(
+    saved: tuple[Path, torch.nn.Module], tmp_path: Path
+) -> None:
+    path, model = saved
+    assert read_checkpoint_spec(path).provenance == {}
+    card = {"name": "osnet_x0_25_msmt17", "sha256": "ab" * 32, "fetched_at": "2026-01-01T00:00:00+00:00"}
+    with_card = tmp_path / "card.safetensors"
+    save_checkpoint(model, with_card, provenance=card)
+    assert read_checkpoint_spec(with_card).provenance == card
+    # A file written before provenance existed (no key at all) still loads, with an empty provenance.
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(with_card), framework="pt") as handle:
+        spec = json.loads(handle.metadata()[METADATA_KEY])
+    del spec["provenance"]
+    older = tmp_path / "older.safetensors"
+    save_file(load_file(str(with_card)), str(older), metadata={METADATA_KEY: json.dumps(spec)})
+    _, loaded_spec = load_checkpoint(older)
+    assert loaded_spec.provenance == {} and loaded_spec.format_version == FORMAT_VERSION

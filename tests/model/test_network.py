@@ -12,6 +12,8 @@ SMALL = {
     "pose_bilinear": {"embedding_dim": 256, "pose_stages": 1},
     "resnet50": {},
     "osnet_x1_0": {},
+    "osnet_x0_75": {},
+    "osnet_x0_5": {},
     "osnet_x0_25": {},
 }
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from model.checkpoint import load_checkpoint
 from model.cli import import_torchreid_main
+from model.osnet import OSNET_ARCHITECTURES
 from model.torchreid_import import (
     import_torchreid,
     load_torchreid_checkpoint,
@@ -62,8 +63,28 @@ def test_import_is_strict_and_uses_every_tensor(market_state: dict[str, torch.Te
 def test_wrong_architecture_fails_clearly(market_state: dict[str, torch.Tensor]) -> None:
     with pytest.raises(ValueError, match=r"osnet_x1_0.*mis-shaped.*looks like osnet_x0_25"):
         import_torchreid("osnet_x1_0", market_state)
-    with pytest.raises(ValueError, match="valid: osnet_x0_25, osnet_x1_0"):
+    with pytest.raises(ValueError, match="valid: osnet_x0_25, osnet_x0_5, osnet_x0_75, osnet_x1_0"):
         import_torchreid("resnet50", market_state)
+
+
+@pytest.mark.parametrize("arch", ["osnet_x1_0", "osnet_x0_75", "osnet_x0_5"])
+def test_every_width_takes_torchreid_names_strictly(arch: str, market_state: dict[str, torch.Tensor]) -> None:
+    # The real x0.25 file is the oracle for the key names, which torchreid shares across widths: a state dict of
+    # this width under exactly those names (tensors from a fresh model) imports strictly, every tensor used.
+    template = OSNET_ARCHITECTURES[arch](num_classes=751, neck="none", classifier_bias=True).state_dict()
+    state = {name: template[torchreid_key_of(name)].clone() for name in market_state}
+    model = import_torchreid(arch, state)
+    assert match_keys(model, state).ok and len(match_keys(model, state).used) == FILE_TENSORS
+    # The x0.25 file offered to this width is refused, naming the width it really is, and vice versa.
+    with pytest.raises(ValueError, match=f"{arch} strictly.*looks like osnet_x0_25"):
+        import_torchreid(arch, market_state)
+    with pytest.raises(ValueError, match=f"osnet_x0_25 strictly.*looks like {arch}"):
+        import_torchreid("osnet_x0_25", state)
+
+
+def torchreid_key_of(name: str) -> str:
+    """torchreid name -> ours (the inverse of model.torchreid_import.torchreid_name)."""
+    return name if name.startswith("classifier.") else f"backbone.{name}"
 
 
 @pytest.mark.parametrize(

@@ -203,19 +203,24 @@ def test_overload_is_refused_before_uploads_are_decoded(make_client: AppFactory)
     assert query(client, "busy", [player_png(0)])["results"][0]["match"] == "player-0"
 
 
-def test_docs_page_needs_no_cdn(client: Any) -> None:
-    """Swagger UI's page and every asset it loads are served by the service itself."""
+def test_docs_pages_need_no_cdn(client: Any) -> None:
+    """Swagger UI's and ReDoc's pages and every asset they load are served by the service itself."""
     import re
 
-    page = client.get("/docs")
-    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assets = re.findall(r"""(?:src|href)=["']([^"']+\.(?:js|css|png))["']""", page.text)
-    assert any(a.endswith("swagger-ui-bundle.js") for a in assets) and any(a.endswith(".css") for a in assets)
-    for asset in assets:
-        assert asset.startswith("/docs/static/"), f"{asset} would be fetched from outside the service"
-        response = client.get(asset)
-        assert response.status_code == 200 and response.content, asset
-    bundle = client.get(next(a for a in assets if a.endswith("swagger-ui-bundle.js")))
-    assert len(bundle.content) > 100_000  # the real Swagger UI bundle, not a stub
-    assert "/openapi.json" in page.text
-    assert client.get("/redoc").status_code == 404
+    for path, bundle_name in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        page = client.get(path)
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"], path
+        assert "default-src 'self'" in page.headers["content-security-policy"], path
+        assets = re.findall(r"""(?:src|href)=["']([^"']+\.(?:js|css|png))["']""", page.text)
+        assert any(a.endswith(bundle_name) for a in assets), path
+        for asset in assets:
+            assert asset.startswith("/docs/static/"), f"{asset} would be fetched from outside the service"
+            response = client.get(asset)
+            assert response.status_code == 200 and response.content, asset
+        bundle = client.get(next(a for a in assets if a.endswith(bundle_name)))
+        assert len(bundle.content) > 100_000  # the real bundle, not a stub
+        assert "/openapi.json" in page.text
+    # Swagger UI 5 reads OpenAPI 3.1 (Swagger UI 4 shows "does not specify a valid version field").
+    bundle = client.get("/docs/static/swagger-ui-bundle.js").text
+    version = re.search(r'PACKAGE_VERSION:"(\d+)\.', bundle)
+    assert version is not None and int(version.group(1)) >= 5, "Swagger UI 5 or later expected"

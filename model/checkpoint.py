@@ -4,8 +4,10 @@
     model, spec = load_checkpoint("runs/x/model.safetensors", device="cuda:0")
 
 The spec (``CheckpointSpec``) holds format_version, architecture, model_config (the build_model kwargs),
-preprocess (input size, mean, std), embedding_dim, threshold (calibrated cosine threshold or None), metrics and
-train_meta. Training resume state (optimizer, epoch) lives in a separate file owned by training/.
+preprocess (input size, mean, std), embedding_dim, threshold (calibrated cosine threshold or None), metrics,
+train_meta and calibration (the model card of the threshold: objective, data, measured precision / recall; written
+by reid-calibrate, empty when the threshold was never calibrated that way). Training resume state (optimizer,
+epoch) lives in a separate file owned by training/.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class CheckpointSpec:
     threshold: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     train_meta: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +58,7 @@ class CheckpointSpec:
             "threshold": self.threshold,
             "metrics": self.metrics,
             "train_meta": self.train_meta,
+            "calibration": self.calibration,
         }
 
     @classmethod
@@ -84,6 +88,7 @@ class CheckpointSpec:
                 threshold=None if threshold is None else float(threshold),
                 metrics=dict(data.get("metrics") or {}),
                 train_meta=dict(data.get("train_meta") or {}),
+                calibration=dict(data.get("calibration") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{source}: malformed metadata: {exc}") from exc
@@ -94,6 +99,7 @@ def spec_for(
     threshold: float | None = None,
     metrics: dict[str, Any] | None = None,
     train_meta: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> CheckpointSpec:
     """The spec a checkpoint of ``model`` gets; preprocess comes from the model itself so it cannot diverge."""
     return CheckpointSpec(
@@ -105,6 +111,7 @@ def spec_for(
         threshold=threshold,
         metrics=dict(metrics or {}),
         train_meta=dict(train_meta or {}),
+        calibration=dict(calibration or {}),
     )
 
 
@@ -115,10 +122,11 @@ def save_checkpoint(
     threshold: float | None = None,
     metrics: dict[str, Any] | None = None,
     train_meta: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> CheckpointSpec:
     """Write ``model``'s weights and spec to one .safetensors file (atomically: temp file + rename)."""
     path = Path(path)
-    spec = spec_for(model, threshold, metrics, train_meta)
+    spec = spec_for(model, threshold, metrics, train_meta, calibration)
     metadata = {METADATA_KEY: json.dumps(spec.as_dict(), sort_keys=True)}
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -27,13 +27,15 @@ from service.store import GalleryStore
 
 logger = logging.getLogger(__name__)
 
+ThresholdSource = Literal["calibrated", "default", "setting"]
+
 
 @dataclass(frozen=True)
 class ThresholdPolicy:
-    """The default match threshold and where it came from (env > checkpoint > default)."""
+    """The default match threshold and where it came from (setting > calibrated > default)."""
 
     value: float
-    source: str
+    source: ThresholdSource
     checkpoint_value: float | None
 
 

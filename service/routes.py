@@ -437,6 +437,7 @@ async def info(state: StateDep) -> InfoResponse:
         threshold=state.threshold.value,
         threshold_source=state.threshold.source,
         checkpoint_threshold=state.threshold.checkpoint_value,
+        calibration=dict(spec.calibration) or None,
         device=embedder.device,
         autocast=embedder.autocast,
         format_version=spec.format_version,

@@ -37,7 +37,7 @@ def test_health_ready_and_info(client: Any) -> None:
     info = client.get("/info").json()
     assert info["architecture"] == "osnet_x0_25"
     assert info["embedding_dim"] == 512 and info["input_size"] == [64, 32]
-    assert (info["threshold"], info["threshold_source"]) == (0.9, "checkpoint")
+    assert (info["threshold"], info["threshold_source"]) == (0.9, "calibrated")
     assert info["device"] == "cpu" and info["autocast"] is None
 
 
@@ -88,7 +88,7 @@ def test_threshold_precedence() -> None:
     assert threshold_policy(base, None).source == "default"
     assert threshold_policy(base, 0.6).value == 0.6
     env = Settings(checkpoint=None, threshold=0.1)
-    assert (threshold_policy(env, 0.6).value, threshold_policy(env, 0.6).source) == (0.1, "env")
+    assert (threshold_policy(env, 0.6).value, threshold_policy(env, 0.6).source) == (0.1, "setting")
 
 
 def test_env_threshold_overrides_checkpoint(make_client: AppFactory) -> None:
@@ -96,7 +96,7 @@ def test_env_threshold_overrides_checkpoint(make_client: AppFactory) -> None:
     register(client, "t", [0])
     result = query(client, "t", [encode(noise_image(3), "PNG")])
     assert result["threshold"] == -1.0 and result["results"][0]["match"] == "player-0"
-    assert client.get("/info").json()["threshold_source"] == "env"
+    assert client.get("/info").json()["threshold_source"] == "setting"
 
 
 def test_gallery_listing_item_and_delete(client: Any) -> None:

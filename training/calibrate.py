@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from training.calibration import PrecisionCalibration, calibrate_for_precision
+from training.calibration import OperatingPoint, PrecisionCalibration, calibrate_for_precision, operating_point_at
 from training.inference import Embeddings
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ DEFAULT_ABSENT_SHARE = 0.2
 DEFAULT_COLLECTIONS = 200
 DEFAULT_TARGET_PRECISION = 0.9
 DEFAULT_MIN_RECALL = 0.05
+# What the service uses for a checkpoint without a threshold (service.settings: REID_DEFAULT_THRESHOLD).
+SERVICE_DEFAULT_THRESHOLD = 0.5
 EXIT_INFEASIBLE = 2
 
 
@@ -160,6 +162,7 @@ def model_card(
     shape: CollectionShape,
     data: dict[str, Any],
     previous_threshold: float | None,
+    before: OperatingPoint,
 ) -> dict[str, Any]:
     """The ``calibration`` entry of the checkpoint spec (JSON-ready)."""
     chosen = result.chosen
@@ -187,6 +190,8 @@ def model_card(
         },
         "other_targets": {k: None if v is None else v.as_dict() for k, v in result.curve.items()},
         "previous_threshold": previous_threshold,
+        # The same queries at the threshold the checkpoint was served with before (the default when it had none).
+        "before": before.as_dict(),
     }
 
 
@@ -249,7 +254,9 @@ def calibrate_checkpoint(
         data["cuhk03_pids"] = list(cuhk03_pids)
     if data_format == "soccernet":
         data["split"] = eval_split
-    card = model_card(result, outcome, shape, data, spec.threshold)
+    before_threshold = spec.threshold if spec.threshold is not None else SERVICE_DEFAULT_THRESHOLD
+    before = operating_point_at(before_threshold, outcome.scores, outcome.correct, outcome.has_match)
+    card = model_card(result, outcome, shape, data, spec.threshold, before)
     if result.chosen is not None:
         save_checkpoint(
             model.cpu(),

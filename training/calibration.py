@@ -331,6 +331,28 @@ def _best_at(points: tuple[np.ndarray, ...], target: float, min_recall: float) -
     )
 
 
+def operating_point_at(
+    threshold: float, top1_scores: np.ndarray, top1_correct: np.ndarray, query_has_match: np.ndarray
+) -> OperatingPoint:
+    """What a given threshold does on these queries (e.g. the default one, before calibration).
+
+    Args: ``threshold`` (answer when score >= threshold) and the (N,) arrays of ``calibrate_threshold``.
+    """
+    scores = np.asarray(top1_scores, dtype=np.float64).ravel()
+    correct = np.asarray(top1_correct, dtype=bool).ravel()
+    has_match = np.asarray(query_has_match, dtype=bool).ravel()
+    answered = scores >= threshold
+    good = int((answered & correct & has_match).sum())
+    num_absent = int((~has_match).sum())
+    return OperatingPoint(
+        threshold=float(threshold),
+        precision=good / int(answered.sum()) if answered.any() else 0.0,
+        recall=good / int(has_match.sum()) if has_match.any() else 0.0,
+        absent_false_match=int((answered & ~has_match).sum()) / num_absent if num_absent else 0.0,
+        answered=float(answered.mean()) if scores.size else 0.0,
+    )
+
+
 def calibrate_for_precision(
     top1_scores: np.ndarray,
     top1_correct: np.ndarray,

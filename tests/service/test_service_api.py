@@ -139,7 +139,7 @@ def test_gallery_survives_an_app_restart(make_client: AppFactory) -> None:
 
 def test_api_key_guards_every_route_but_health_and_docs(make_client: AppFactory) -> None:
     client = make_client(api_key="s3cret")
-    for path in ("/healthz", "/readyz", "/docs", "/openapi.json"):
+    for path in ("/healthz", "/readyz", "/docs", "/redoc", "/openapi.json"):
         assert client.get(path).status_code == 200, path
     for method, path in (("get", "/collections"), ("get", "/info"), ("get", "/metrics"), ("get", "/gallery")):
         response = getattr(client, method)(path)

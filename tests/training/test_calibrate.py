@@ -13,7 +13,7 @@ from model import read_checkpoint_spec
 from tests.support.checkpoints import make_tiny_checkpoint
 from tests.support.images import player_crop
 from training.calibrate import EXIT_INFEASIBLE, CollectionShape, calibrate_main, simulate_collections
-from training.calibration import calibrate_for_precision
+from training.calibration import calibrate_for_precision, operating_point_at
 from training.data import read_folder
 from training.inference import Embeddings
 
@@ -39,6 +39,11 @@ def test_highest_recall_at_the_target_precision() -> None:
     assert (result.chosen.precision, result.chosen.recall) == pytest.approx((precision, recall))
     assert recall == pytest.approx(5 / 7)
     assert result.chosen.absent_false_match == 0.0
+    assert operating_point_at(result.chosen.threshold, scores, correct, has_match) == result.chosen
+    # Before calibration, at 0.5 everything is answered: all 3 absent people get a wrong match.
+    loose = operating_point_at(0.5, scores, correct, has_match)
+    assert (loose.answered, loose.recall, loose.precision) == (1.0, 6 / 7, 0.6)
+    assert loose.absent_false_match == 1.0
     # Precision 1.0 is reached by the first four: recall 4/7, threshold between 0.8 and 0.75.
     strict = calibrate_for_precision(scores, correct, has_match, target_precision=1.0, min_recall=0.0)
     assert strict.chosen is not None and 0.75 < strict.chosen.threshold < 0.8
@@ -127,6 +132,7 @@ def test_cli_writes_the_model_card_and_refuses_an_unreachable_target(
     assert card["collections"]["queries"] == 8 * 8 and card["collections"]["absent_queries"] == 8 * 2
     assert card["target_precision"] == 0.9 and "precision of returned matches >= 0.9" in card["objective"]
     assert card["previous_threshold"] is None
+    assert card["before"]["threshold"] == 0.5  # the service's default for a checkpoint without a threshold
 
     # Different people that look alike to a random network: a precision of 1.0 at recall >= 0.99 is out of reach
     # when crops are jittered variants; nothing is written and the reason is printed.

@@ -117,7 +117,9 @@ def test_swagger_ui_shows_every_path_and_runs_healthz_offline(
     assert offline_page.console_errors == []
 
 
-def test_redoc_renders_every_operation_offline(shared_server: LiveServer, offline_page: OfflinePage) -> None:
+def test_redoc_renders_every_operation_offline(
+    shared_server: LiveServer, offline_page: OfflinePage, tmp_path: Path
+) -> None:
     spec = _spec(shared_server)
     page = offline_page.page
     page.goto(f"{shared_server.url}/redoc")
@@ -128,6 +130,7 @@ def test_redoc_renders_every_operation_offline(shared_server: LiveServer, offlin
     assert summaries
     missing = [s for s in summaries if s not in text]
     assert not missing, f"operations missing from ReDoc: {missing}"
+    page.screenshot(path=str(tmp_path / "redoc.png"))
     assert offline_page.blocked == [], f"the page tried to leave 127.0.0.1: {offline_page.blocked}"
     # ReDoc's own "Redocly" logo points at its CDN: the page's Content-Security-Policy refuses it in the browser.
     unexpected = [e for e in offline_page.console_errors if "img-src" not in e]

@@ -89,6 +89,25 @@ def test_collections_have_the_requested_shape_and_known_answers() -> None:
     assert capped.mean_gallery_crops == 20
 
 
+def test_soccernet_like_groups_keep_each_collection_inside_one_action() -> None:
+    # Two actions reuse pids 0-9 for different people. Action "b"'s gallery copies action "a"'s queries exactly,
+    # so a collection mixing the two actions would give action-a queries perfect (wrong) matches.
+    rng = np.random.default_rng(2)
+    a_people, b_people = rng.normal(size=(10, 16)), rng.normal(size=(10, 16))
+    a_queries = a_people + 0.3 * rng.normal(size=a_people.shape)
+    feats_g = np.concatenate([a_people, a_queries])  # b's gallery = a's queries
+    feats_q = np.concatenate([a_queries, b_people])
+    pids = list(range(10)) * 2
+    groups = np.array(["a"] * 10 + ["b"] * 10, dtype=object)
+    gallery = _embeddings(feats_g, pids)
+    query = _embeddings(feats_q, pids)
+    gallery.groups, query.groups = groups, groups.copy()
+    out = simulate_collections(query, gallery, CollectionShape(gallery_size=8, absent_share=0.2, collections=2))
+    assert out.collections == 2 and out.mean_gallery_people == 8
+    a_rows = slice(0, 10)  # collection 0 is action "a": 8 registered + 2 absent queries
+    assert out.scores[a_rows].max() < 0.9999  # never the identical crop from action "b"
+
+
 def _write_people(root: Path, people: int, images: int) -> None:
     for person in range(people):
         folder = root / f"player-{person:02d}"

@@ -5,7 +5,8 @@ EXTRAS ?= cpu,dev
 # Package index for torch/torchvision (empty: PyPI, CUDA 13 builds). The GPU image sets PyTorch's cu128 index so
 # that torch and faiss-gpu share CUDA 12 (see Dockerfile).
 TORCH_INDEX ?=
-CHECKPOINT ?= artifacts/demo.safetensors
+DEMO_CHECKPOINT := artifacts/demo.safetensors
+CHECKPOINT ?= $(DEMO_CHECKPOINT)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # make serve MODEL=NAME serves a pretrained model of the zoo (list: .venv/bin/reid-fetch --list) instead of the demo.
@@ -13,16 +14,23 @@ MODEL ?=
 PY := $(VENV)/bin/python
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
-ifeq ($(strip $(MODEL)),)
-SERVE_CHECKPOINT := $(CHECKPOINT)
+# What `make serve` serves, and what it may build first: the demo checkpoint or a zoo download, never anything else.
+ifneq ($(strip $(MODEL)),)
+SERVE_CHECKPOINT := artifacts/zoo/$(MODEL).safetensors
+SERVE_BUILDS := $(SERVE_CHECKPOINT)
+SERVE_NOTE := Serving $(MODEL) from the pretrained zoo; its provenance and licences: GET /info.
+else ifeq ($(CHECKPOINT),$(DEMO_CHECKPOINT))
+SERVE_CHECKPOINT := $(DEMO_CHECKPOINT)
+SERVE_BUILDS := $(DEMO_CHECKPOINT)
 SERVE_NOTE := NOTE: serving the demo model, trained on SYNTHETIC players: it says nothing about real footage. \
 For a model of real people: make serve MODEL=osnet_x0_25_msmt17 (all: $(VENV)/bin/reid-fetch --list).
 else
-SERVE_CHECKPOINT := artifacts/zoo/$(MODEL).safetensors
-SERVE_NOTE := Serving $(MODEL) from the pretrained zoo; its provenance and licences: GET /info.
+SERVE_CHECKPOINT := $(CHECKPOINT)
+SERVE_BUILDS :=
+SERVE_NOTE :=
 endif
 
-.PHONY: install serve test lint lint-ruff lint-mypy lint-docker demo-model clean
+.PHONY: install serve test lint lint-ruff lint-mypy lint-docker demo-model check-checkpoint clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=/path/to/python3.11"; exit 1; }
@@ -34,18 +42,26 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-$(CHECKPOINT): | install
+# Only the demo checkpoint is built on demand; any other CHECKPOINT must exist (a typo must not train a demo model).
+$(DEMO_CHECKPOINT): | install
 	@echo "Building the demo model from SYNTHETIC players (offline; real people: make serve MODEL=NAME)."
-	$(VENV)/bin/reid-demo-model --out $(CHECKPOINT)
+	$(VENV)/bin/reid-demo-model --out $(DEMO_CHECKPOINT)
 
 # Downloaded (resumably, hash-checked), converted and cached by reid-fetch; offline it says how to do it by hand.
 artifacts/zoo/%.safetensors: | install
 	$(VENV)/bin/reid-fetch $* --out $@
 
-demo-model: $(CHECKPOINT)
+demo-model: $(DEMO_CHECKPOINT)
 
-serve: install $(SERVE_CHECKPOINT)
-	@echo "$(SERVE_NOTE)"
+# First prerequisite, so a missing file is reported before anything is installed or built.
+check-checkpoint:
+	@if [ -z "$(strip $(MODEL))" ] && [ "$(CHECKPOINT)" != "$(DEMO_CHECKPOINT)" ] && [ ! -f "$(CHECKPOINT)" ]; then \
+		echo "make serve: no such file: CHECKPOINT=$(CHECKPOINT) (only $(DEMO_CHECKPOINT) is built on demand)" >&2; \
+		exit 1; \
+	fi
+
+serve: check-checkpoint install $(SERVE_BUILDS)
+	@$(if $(SERVE_NOTE),echo "$(SERVE_NOTE)",true)
 	REID_CHECKPOINT=$${REID_CHECKPOINT:-$(SERVE_CHECKPOINT)} $(VENV)/bin/reid-serve --host $(HOST) --port $(PORT)
 
 test: install

@@ -6,10 +6,11 @@
 The spec (``CheckpointSpec``) holds format_version, architecture, model_config (the build_model kwargs),
 preprocess (input size, mean, std), embedding_dim, threshold (calibrated cosine threshold or None), thresholds
 (optional calibrated thresholds per query size bucket, e.g. {"1": 0.70, "2-4": 0.75, "5+": 0.75}, see
-model/thresholds.py), metrics, train_meta and provenance (where pretrained weights came from: source URL, sha256,
-licences, training data; empty for models trained here). Files without thresholds or provenance read them as {},
-so older checkpoints stay valid and older code ignores the keys. Training resume state (optimizer, epoch) lives in
-a separate file owned by training/.
+model/thresholds.py), metrics, train_meta, provenance (where pretrained weights came from: source URL, sha256,
+licences, training data; empty for models trained here) and calibration (the model card of the threshold:
+objective, data, measured precision / recall; written by reid-calibrate). Files without thresholds, provenance or
+calibration read them as {}, so older checkpoints stay valid and older code ignores the keys. Training resume
+state (optimizer, epoch) lives in a separate file owned by training/.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class CheckpointSpec:
     # Per query size bucket ("1", "2-4", "5+"); `threshold` stays the value for any size no bucket covers.
     thresholds: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +67,7 @@ class CheckpointSpec:
             "metrics": self.metrics,
             "train_meta": self.train_meta,
             "provenance": self.provenance,
+            "calibration": self.calibration,
         }
 
     @classmethod
@@ -96,6 +99,7 @@ class CheckpointSpec:
                 train_meta=dict(data.get("train_meta") or {}),
                 thresholds=parse_buckets(data.get("thresholds") or {}),
                 provenance=dict(data.get("provenance") or {}),
+                calibration=dict(data.get("calibration") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{source}: malformed metadata: {exc}") from exc
@@ -108,6 +112,7 @@ def spec_for(
     train_meta: dict[str, Any] | None = None,
     thresholds: dict[str, float] | None = None,
     provenance: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> CheckpointSpec:
     """The spec a checkpoint of ``model`` gets; preprocess comes from the model itself so it cannot diverge."""
     return CheckpointSpec(
@@ -121,6 +126,7 @@ def spec_for(
         train_meta=dict(train_meta or {}),
         thresholds=parse_buckets(thresholds or {}),
         provenance=dict(provenance or {}),
+        calibration=dict(calibration or {}),
     )
 
 
@@ -133,13 +139,14 @@ def save_checkpoint(
     train_meta: dict[str, Any] | None = None,
     thresholds: dict[str, float] | None = None,
     provenance: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> CheckpointSpec:
     """Write ``model``'s weights and spec to one .safetensors file (atomically: temp file + rename).
 
     ``thresholds`` optionally maps query size buckets to calibrated thresholds (model/thresholds.py).
     """
     path = Path(path)
-    spec = spec_for(model, threshold, metrics, train_meta, thresholds, provenance)
+    spec = spec_for(model, threshold, metrics, train_meta, thresholds, provenance, calibration)
     metadata = {METADATA_KEY: json.dumps(spec.as_dict(), sort_keys=True)}
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)

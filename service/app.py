@@ -57,15 +57,32 @@ def file_sha256(path: Path) -> str:
 def threshold_policy(
     settings: Settings, checkpoint_threshold: float | None, by_size: dict[str, float] | None = None
 ) -> ThresholdPolicy:
-    """REID_THRESHOLD wins over the checkpoint's calibrated values, which win over the built-in default.
-    The checkpoint's per-size thresholds apply only with its own threshold (an env value serves every size)."""
+    """REID_THRESHOLD (``setting``) wins over the checkpoint's calibrated values (``calibrated``), which win over
+    REID_DEFAULT_THRESHOLD (``default``). The checkpoint's per-size thresholds apply only with its own calibration
+    (a setting serves every size)."""
     if settings.threshold is not None:
-        return ThresholdPolicy(settings.threshold, "env", checkpoint_threshold)
+        return ThresholdPolicy(settings.threshold, "setting", checkpoint_threshold)
     if checkpoint_threshold is not None:
-        return ThresholdPolicy(float(checkpoint_threshold), "checkpoint", checkpoint_threshold, dict(by_size or {}))
+        return ThresholdPolicy(float(checkpoint_threshold), "calibrated", checkpoint_threshold, dict(by_size or {}))
     if by_size:
-        return ThresholdPolicy(settings.default_threshold, "checkpoint", None, dict(by_size))
+        return ThresholdPolicy(settings.default_threshold, "calibrated", None, dict(by_size))
     return ThresholdPolicy(settings.default_threshold, "default", None)
+
+
+def warn_if_uncalibrated(checkpoint: Path, policy: ThresholdPolicy) -> None:
+    """A checkpoint without a calibrated threshold (e.g. imported torchreid weights) answers with a guess."""
+    if policy.checkpoint_value is not None:
+        return
+    in_use = "REID_THRESHOLD" if policy.source == "setting" else "the built-in REID_DEFAULT_THRESHOLD"
+    logger.warning(
+        "%s carries no calibrated threshold: `match` uses %s = %.3f, which may name a wrong person for "
+        "people who were never registered; calibrate it with `reid-calibrate %s --data-format ... "
+        "--data-root ... --out NEW.safetensors`",
+        checkpoint.name,
+        in_use,
+        policy.value,
+        checkpoint.name,
+    )
 
 
 async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceState:
@@ -90,6 +107,8 @@ async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceSt
         metrics,
     )
 
+    policy = threshold_policy(settings, embedder.spec.threshold, embedder.spec.thresholds)
+    warn_if_uncalibrated(checkpoint, policy)
     warmup_sizes = sorted({1, settings.max_batch_size})[: settings.warmup_batches]
     await asyncio.to_thread(embedder.warm_up, warmup_sizes)
     batcher = DynamicBatcher(
@@ -108,7 +127,7 @@ async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceSt
         gallery=gallery,
         metrics=metrics,
         decode_pool=ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="reid-decode"),
-        threshold=threshold_policy(settings, embedder.spec.threshold, embedder.spec.thresholds),
+        threshold=policy,
         image_limits=ImageLimits(
             max_file_bytes=settings.max_file_bytes,
             max_pixels=settings.max_image_pixels,

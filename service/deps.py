@@ -10,7 +10,7 @@ import hmac
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -26,14 +26,16 @@ from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+ThresholdSource = Literal["calibrated", "default", "setting"]
+
 
 @dataclass(frozen=True)
 class ThresholdPolicy:
-    """The default match threshold and where it came from (env > checkpoint > default), and the checkpoint's
+    """The default match threshold and where it came from (setting > calibrated > default), and the checkpoint's
     thresholds per query size bucket (used only when the threshold comes from the checkpoint)."""
 
     value: float
-    source: str
+    source: ThresholdSource
     checkpoint_value: float | None
     by_size: dict[str, float] = field(default_factory=dict)
 

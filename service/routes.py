@@ -411,6 +411,7 @@ async def info(state: StateDep) -> InfoResponse:
         threshold_source=state.threshold.source,
         checkpoint_threshold=state.threshold.checkpoint_value,
         thresholds_by_size=dict(state.threshold.by_size),
+        calibration=dict(spec.calibration) or None,
         device=embedder.device,
         autocast=embedder.autocast,
         format_version=spec.format_version,

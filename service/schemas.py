@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field
@@ -146,8 +146,10 @@ class InfoResponse(BaseModel):
         min_length=2, max_length=2, description="Model input [height, width] in pixels.", examples=[[256, 128]]
     )
     threshold: float = Field(description="Default match threshold in use.", examples=[0.55])
-    threshold_source: str = Field(
-        description="Where it comes from: env, checkpoint or default.", examples=["checkpoint"]
+    threshold_source: Literal["calibrated", "default", "setting"] = Field(
+        description="Where it comes from: `calibrated` (the checkpoint's, see `calibration`), `setting` "
+        "(REID_THRESHOLD) or `default` (REID_DEFAULT_THRESHOLD: the checkpoint carries none, run reid-calibrate).",
+        examples=["calibrated"],
     )
     checkpoint_threshold: float | None = Field(
         description="Threshold stored in the checkpoint (calibrated).", examples=[0.55]
@@ -156,6 +158,20 @@ class InfoResponse(BaseModel):
         default_factory=dict,
         description="Thresholds per query size bucket (crops pooled) in use; empty when one threshold serves all.",
         examples=[{"1": 0.55, "2-4": 0.6, "5+": 0.62}],
+    )
+    calibration: dict[str, Any] | None = Field(
+        default=None,
+        description="Model card of the checkpoint's threshold written by reid-calibrate: objective, data, "
+        "collections, measured precision and recall; null when the checkpoint has none.",
+        examples=[
+            {
+                "objective": "highest recall with precision of returned matches >= 0.9",
+                "threshold": 0.61,
+                "precision": 0.9,
+                "recall": 0.42,
+                "data": {"format": "cuhk03", "people": 467},
+            }
+        ],
     )
     device: str = Field(description="Where inference runs.", examples=["cuda:0"])
     autocast: str | None = Field(description="Autocast dtype on GPU, null on CPU.", examples=["bfloat16"])

@@ -423,3 +423,215 @@ def calibrate_tracklets_with_distractors(
         q_groups=tracks,
         seed=seed,
     )
+
+
+# ------------------------------------------------------------------ precision-targeted calibration
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """One threshold and what it does on the calibration queries (fractions in [0, 1]).
+
+    precision: correct matches / returned matches; recall: correct matches / queries whose person is in
+    the gallery; absent_false_match: share of absent-person queries that got a (necessarily wrong) match;
+    answered: share of all queries that got a match.
+    """
+
+    threshold: float
+    precision: float
+    recall: float
+    absent_false_match: float
+    answered: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PrecisionCalibration:
+    """Result of ``calibrate_for_precision``: the chosen point, or None with the reason when none qualifies.
+
+    ``best_precision`` is the highest precision any threshold reaching ``min_recall`` gives (what the
+    target would have to be lowered to); ``curve`` holds the best point for a few other precision targets.
+    """
+
+    target_precision: float
+    min_recall: float
+    chosen: OperatingPoint | None
+    best_precision: OperatingPoint | None
+    curve: dict[str, OperatingPoint | None]
+    num_queries: int
+    num_absent: int
+
+    @property
+    def feasible(self) -> bool:
+        return self.chosen is not None
+
+    def explain(self) -> str:
+        """One human sentence: what was chosen, or why nothing was and what other targets would give."""
+        if self.chosen is not None:
+            c = self.chosen
+            return (
+                f"threshold {c.threshold:.4f}: precision {c.precision:.3f} (target {self.target_precision}), "
+                f"recall {c.recall:.3f}, {c.absent_false_match:.1%} of absent people get a wrong match"
+            )
+        lines = [f"no threshold reaches precision {self.target_precision} with recall >= {self.min_recall}"]
+        if self.best_precision is not None:
+            b = self.best_precision
+            lines.append(
+                f"best reachable: precision {b.precision:.3f} at recall {b.recall:.3f} (threshold {b.threshold:.4f})"
+            )
+        for target, point in self.curve.items():
+            if point is None:
+                lines.append(f"  precision >= {target}: unreachable")
+            else:
+                lines.append(
+                    f"  precision >= {target}: threshold {point.threshold:.4f}, recall {point.recall:.3f}, "
+                    f"absent people wrongly matched {point.absent_false_match:.1%}"
+                )
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "target_precision": self.target_precision,
+            "min_recall": self.min_recall,
+            "chosen": None if self.chosen is None else self.chosen.as_dict(),
+            "best_precision": None if self.best_precision is None else self.best_precision.as_dict(),
+            "curve": {k: None if v is None else v.as_dict() for k, v in self.curve.items()},
+            "num_queries": self.num_queries,
+            "num_absent": self.num_absent,
+        }
+
+
+CURVE_TARGETS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def operating_points(
+    top1_scores: np.ndarray, top1_correct: np.ndarray, query_has_match: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every distinct decision a threshold can make on these queries, from "reject all" down to "accept all".
+
+    Args: as ``calibrate_threshold``: (N,) scores, (N,) bool correct top-1, (N,) bool person in gallery.
+
+    Returns:
+        thresholds, precision, recall, absent_false_match, answered, correct_accepts: (C,) arrays, C = number
+        of distinct scores + 1, in order of decreasing threshold. Thresholds are midpoints between
+        neighbouring distinct scores (the first one sits just above the highest score: rejects all).
+    """
+    scores = np.asarray(top1_scores, dtype=np.float64).ravel()
+    correct = np.asarray(top1_correct, dtype=bool).ravel()
+    has_match = np.asarray(query_has_match, dtype=bool).ravel()
+    n = scores.size
+    if n == 0:
+        raise ValueError("cannot calibrate a threshold on zero queries")
+    if correct.size != n or has_match.size != n:
+        raise ValueError(f"length mismatch: {n} scores, {correct.size} correct flags, {has_match.size} match flags")
+    if np.isnan(scores).any() or (scores == np.inf).any():
+        raise ValueError("top-1 scores must be finite or -inf")
+    good = correct & has_match
+    num_pos = int(has_match.sum())
+    num_absent = n - num_pos
+    order = np.argsort(-scores, kind="stable")
+    desc = scores[order]
+    cut = np.flatnonzero(np.append(desc[:-1] > desc[1:], True))
+    upper, lower = desc[cut[:-1]], desc[cut[:-1] + 1]
+    with np.errstate(invalid="ignore"):
+        midpoints = np.where(np.isfinite(lower), (upper + lower) / 2.0, upper)
+    thresholds = np.concatenate([[np.nextafter(desc[0], np.inf)], midpoints, [desc[-1]]])
+    accepts = np.append(0, cut + 1)
+    correct_accepts = np.append(0, np.cumsum(good[order])[cut])
+    absent_accepts = np.append(0, np.cumsum(~has_match[order])[cut])
+    precision = np.divide(correct_accepts, accepts, out=np.zeros(accepts.size), where=accepts > 0)
+    recall = correct_accepts / num_pos if num_pos else np.zeros(accepts.size)
+    absent_rate = absent_accepts / num_absent if num_absent else np.zeros(accepts.size)
+    return thresholds, precision, recall, absent_rate, accepts / n, correct_accepts
+
+
+def _best_at(points: tuple[np.ndarray, ...], target: float, min_recall: float) -> OperatingPoint | None:
+    thresholds, precision, recall, absent_rate, answered, correct_accepts = points
+    ok = (precision >= target) & (recall >= min_recall) & (correct_accepts > 0)
+    if not ok.any():
+        return None
+    # Highest recall; among equal recall the first (= highest threshold, fewest wrong answers).
+    best = int(np.argmax(np.where(ok, correct_accepts, -1)))
+    return OperatingPoint(
+        float(thresholds[best]),
+        float(precision[best]),
+        float(recall[best]),
+        float(absent_rate[best]),
+        float(answered[best]),
+    )
+
+
+def operating_point_at(
+    threshold: float, top1_scores: np.ndarray, top1_correct: np.ndarray, query_has_match: np.ndarray
+) -> OperatingPoint:
+    """What a given threshold does on these queries (e.g. the default one, before calibration).
+
+    Args: ``threshold`` (answer when score >= threshold) and the (N,) arrays of ``calibrate_threshold``.
+    """
+    scores = np.asarray(top1_scores, dtype=np.float64).ravel()
+    correct = np.asarray(top1_correct, dtype=bool).ravel()
+    has_match = np.asarray(query_has_match, dtype=bool).ravel()
+    answered = scores >= threshold
+    good = int((answered & correct & has_match).sum())
+    num_absent = int((~has_match).sum())
+    return OperatingPoint(
+        threshold=float(threshold),
+        precision=good / int(answered.sum()) if answered.any() else 0.0,
+        recall=good / int(has_match.sum()) if has_match.any() else 0.0,
+        absent_false_match=int((answered & ~has_match).sum()) / num_absent if num_absent else 0.0,
+        answered=float(answered.mean()) if scores.size else 0.0,
+    )
+
+
+def calibrate_for_precision(
+    top1_scores: np.ndarray,
+    top1_correct: np.ndarray,
+    query_has_match: np.ndarray,
+    target_precision: float = 0.9,
+    min_recall: float = 0.05,
+) -> PrecisionCalibration:
+    """The threshold with the highest share of correct matches (recall) among those whose returned matches
+    are at least ``target_precision`` correct; never "reject everything".
+
+    A threshold qualifies when precision >= target_precision and recall >= min_recall (a threshold that
+    answers a handful of queries is not a useful operating point, and its precision is a noisy estimate).
+    When none qualifies, ``chosen`` is None and ``explain()`` says what the best reachable precision is and
+    what lower targets would give.
+
+    Args: (N,) top-1 scores, (N,) bool correct top-1, (N,) bool person in gallery (see calibrate_threshold).
+    """
+    if not 0.0 < target_precision <= 1.0:
+        raise ValueError(f"target_precision must be in (0, 1], got {target_precision}")
+    if not 0.0 <= min_recall <= 1.0:
+        raise ValueError(f"min_recall must be in [0, 1], got {min_recall}")
+    points = operating_points(top1_scores, top1_correct, query_has_match)
+    thresholds, precision, recall, absent_rate, answered, correct_accepts = points
+    chosen = _best_at(points, target_precision, min_recall)
+    reach = (recall >= min_recall) & (correct_accepts > 0)
+    best_precision = None
+    if reach.any():
+        # Highest precision; among ties the most recall (the later, lower threshold).
+        top = precision[reach].max()
+        idx = int(np.flatnonzero(reach & (precision == top))[-1])
+        best_precision = OperatingPoint(
+            float(thresholds[idx]),
+            float(precision[idx]),
+            float(recall[idx]),
+            float(absent_rate[idx]),
+            float(answered[idx]),
+        )
+    curve = {f"{t:g}": _best_at(points, t, min_recall) for t in CURVE_TARGETS}
+    has_match = np.asarray(query_has_match, dtype=bool).ravel()
+    result = PrecisionCalibration(
+        target_precision=target_precision,
+        min_recall=min_recall,
+        chosen=chosen,
+        best_precision=best_precision,
+        curve=curve,
+        num_queries=int(has_match.size),
+        num_absent=int((~has_match).sum()),
+    )
+    (logger.info if chosen is not None else logger.warning)("%s", result.explain())
+    return result

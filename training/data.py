@@ -424,10 +424,40 @@ def read_cuhk03(
     return ReidSplit("cuhk03", train, query, gallery, len(labels))
 
 
+# --------------------------------------------------------------------------------- folder per person
+
+
+def read_folder(root: str | Path) -> ReidSplit:
+    """Users' own crops: ``root/<label>/<image files>``, one subfolder per person.
+
+    Each person's images (sorted by name) are split in two: the first half (rounded up) is the gallery
+    (camid 0), the rest are queries (camid 1). A person with a single image gives only a gallery crop. pids
+    are 0..N-1 in label order, ``raw_pid`` is the folder name; there is no training list.
+    """
+    folder = _require_dir(Path(root), "crop folder")
+    query: list[Sample] = []
+    gallery: list[Sample] = []
+    labels = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    pid = 0
+    for label_dir in labels:
+        images = _image_files(label_dir)
+        if not images:
+            continue
+        half = (len(images) + 1) // 2
+        gallery += [Sample(p, pid, 0, "", label_dir.name) for p in images[:half]]
+        query += [Sample(p, pid, 1, "", label_dir.name) for p in images[half:]]
+        pid += 1
+    if pid == 0:
+        raise FileNotFoundError(f"no <label>/<image> subfolders with images in {folder}")
+    logger.info("folder %s: %d people, %d query, %d gallery", folder, pid, len(query), len(gallery))
+    return ReidSplit("folder", [], query, gallery, 0)
+
+
 READERS: dict[str, Callable[..., ReidSplit]] = {
     "soccernet": read_soccernet,
     "market1501": read_market1501,
     "cuhk03": read_cuhk03,
+    "folder": read_folder,
 }
 
 

@@ -185,6 +185,6 @@ def test_reid_serve_cli_serves_with_env_settings(tiny_checkpoint: Path, tmp_path
     env = server_env(tiny_checkpoint, tmp_path / "cli-data", REID_THRESHOLD="0.25")
     with LiveServer(env, use_cli=True, log_path=tmp_path / "cli.log") as server, server.client() as client:
         info = client.get("/info").json()
-        assert (info["threshold"], info["threshold_source"]) == (0.25, "env")
+        assert (info["threshold"], info["threshold_source"]) == (0.25, "setting")
         register(client, "cli", [4])
     assert (tmp_path / "cli-data" / "gallery.sqlite3").is_file()

@@ -129,3 +129,18 @@ def test_provenance_round_trips_and_older_files_read_as_empty(
     save_file(load_file(str(with_card)), str(older), metadata={METADATA_KEY: json.dumps(spec)})
     _, loaded_spec = load_checkpoint(older)
     assert loaded_spec.provenance == {} and loaded_spec.format_version == FORMAT_VERSION
+
+
+def test_calibration_card_round_trips_and_older_files_read_without_one(tmp_path: Path) -> None:
+    model = build_model("osnet_x0_25", num_classes=0, input_size=(64, 32)).eval()
+    card = {"objective": "recall at precision >= 0.9", "threshold": 0.61, "data": {"format": "folder"}}
+    path = tmp_path / "calibrated.safetensors"
+    save_checkpoint(model, path, threshold=0.61, calibration=card)
+    assert read_checkpoint_spec(path).calibration == card
+    # A file written before the card existed: no "calibration" key in its spec at all.
+    legacy = json.loads(json.dumps(read_checkpoint_spec(path).as_dict()))
+    del legacy["calibration"]
+    old = tmp_path / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(old),
+              metadata={METADATA_KEY: json.dumps(legacy)})
+    assert read_checkpoint_spec(old).calibration == {}

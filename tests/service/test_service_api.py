@@ -37,7 +37,7 @@ def test_health_ready_and_info(client: Any) -> None:
     info = client.get("/info").json()
     assert info["architecture"] == "osnet_x0_25"
     assert info["embedding_dim"] == 512 and info["input_size"] == [64, 32]
-    assert (info["threshold"], info["threshold_source"]) == (0.9, "checkpoint")
+    assert (info["threshold"], info["threshold_source"]) == (0.9, "calibrated")
     assert info["device"] == "cpu" and info["autocast"] is None
 
 
@@ -88,7 +88,7 @@ def test_threshold_precedence() -> None:
     assert threshold_policy(base, None).source == "default"
     assert threshold_policy(base, 0.6).value == 0.6
     env = Settings(checkpoint=None, threshold=0.1)
-    assert (threshold_policy(env, 0.6).value, threshold_policy(env, 0.6).source) == (0.1, "env")
+    assert (threshold_policy(env, 0.6).value, threshold_policy(env, 0.6).source) == (0.1, "setting")
 
 
 def test_env_threshold_overrides_checkpoint(make_client: AppFactory) -> None:
@@ -96,7 +96,7 @@ def test_env_threshold_overrides_checkpoint(make_client: AppFactory) -> None:
     register(client, "t", [0])
     result = query(client, "t", [encode(noise_image(3), "PNG")])
     assert result["threshold"] == -1.0 and result["results"][0]["match"] == "player-0"
-    assert client.get("/info").json()["threshold_source"] == "env"
+    assert client.get("/info").json()["threshold_source"] == "setting"
 
 
 def test_gallery_listing_item_and_delete(client: Any) -> None:
@@ -139,7 +139,7 @@ def test_gallery_survives_an_app_restart(make_client: AppFactory) -> None:
 
 def test_api_key_guards_every_route_but_health_and_docs(make_client: AppFactory) -> None:
     client = make_client(api_key="s3cret")
-    for path in ("/healthz", "/readyz", "/docs", "/openapi.json"):
+    for path in ("/healthz", "/readyz", "/docs", "/redoc", "/openapi.json"):
         assert client.get(path).status_code == 200, path
     for method, path in (("get", "/collections"), ("get", "/info"), ("get", "/metrics"), ("get", "/gallery")):
         response = getattr(client, method)(path)
@@ -203,22 +203,27 @@ def test_overload_is_refused_before_uploads_are_decoded(make_client: AppFactory)
     assert query(client, "busy", [player_png(0)])["results"][0]["match"] == "player-0"
 
 
-def test_docs_page_needs_no_cdn(client: Any) -> None:
-    """Swagger UI's page and every asset it loads are served by the service itself."""
+def test_docs_pages_need_no_cdn(client: Any) -> None:
+    """Swagger UI's and ReDoc's pages and every asset they load are served by the service itself."""
     import re
 
-    page = client.get("/docs")
-    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assets = re.findall(r"""(?:src|href)=["']([^"']+\.(?:js|css|png))["']""", page.text)
-    assert any(a.endswith("swagger-ui-bundle.js") for a in assets) and any(a.endswith(".css") for a in assets)
-    for asset in assets:
-        assert asset.startswith("/docs/static/"), f"{asset} would be fetched from outside the service"
-        response = client.get(asset)
-        assert response.status_code == 200 and response.content, asset
-    bundle = client.get(next(a for a in assets if a.endswith("swagger-ui-bundle.js")))
-    assert len(bundle.content) > 100_000  # the real Swagger UI bundle, not a stub
-    assert "/openapi.json" in page.text
-    assert client.get("/redoc").status_code == 404
+    for path, bundle_name in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        page = client.get(path)
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"], path
+        assert "default-src 'self'" in page.headers["content-security-policy"], path
+        assets = re.findall(r"""(?:src|href)=["']([^"']+\.(?:js|css|png))["']""", page.text)
+        assert any(a.endswith(bundle_name) for a in assets), path
+        for asset in assets:
+            assert asset.startswith("/docs/static/"), f"{asset} would be fetched from outside the service"
+            response = client.get(asset)
+            assert response.status_code == 200 and response.content, asset
+        bundle = client.get(next(a for a in assets if a.endswith(bundle_name)))
+        assert len(bundle.content) > 100_000  # the real bundle, not a stub
+        assert "/openapi.json" in page.text
+    # Swagger UI 5 reads OpenAPI 3.1 (Swagger UI 4 shows "does not specify a valid version field").
+    bundle = client.get("/docs/static/swagger-ui-bundle.js").text
+    version = re.search(r'PACKAGE_VERSION:"(\d+)\.', bundle)
+    assert version is not None and int(version.group(1)) >= 5, "Swagger UI 5 or later expected"
 
 
 def test_the_same_crop_registered_again_is_a_409_naming_the_existing_item(client: Any) -> None:

@@ -1,0 +1,53 @@
+"""`make serve`: a CHECKPOINT that does not exist fails at once with "no such file"; only the default demo
+checkpoint is built on demand. Runs the real Makefile against a throwaway venv path (nothing is installed)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def _make(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def _fake_venv(tmp_path: Path) -> Path:
+    """A venv folder whose install stamp is current, so `make -n` plans no install."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".installed-cpu-dev").touch()
+    return venv
+
+
+def test_missing_checkpoint_fails_before_installing_anything(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    missing = tmp_path / "artifacts" / "osnet_x025.safetensors"
+    # PYTHON points nowhere: should the check ever be skipped, the install step fails at once instead of running.
+    run = _make("serve", f"VENV={venv}", f"CHECKPOINT={missing}", f"PYTHON={tmp_path / 'no-python3.11'}")
+    assert run.returncode != 0
+    assert f"no such file: CHECKPOINT={missing}" in run.stderr
+    assert not venv.exists() and not missing.exists()  # no install started, no demo model trained
+
+
+def test_only_the_demo_checkpoint_is_built_on_demand(tmp_path: Path) -> None:
+    venv = _fake_venv(tmp_path)
+    demo = tmp_path / "demo.safetensors"
+    plan = _make("-n", "serve", f"VENV={venv}", f"DEMO_CHECKPOINT={demo}")
+    assert plan.returncode == 0, plan.stderr
+    assert f"reid-demo-model --out {demo}" in plan.stdout and "reid-serve" in plan.stdout
+
+    existing = tmp_path / "real.safetensors"
+    existing.write_bytes(b"weights")
+    plan = _make("-n", "serve", f"VENV={venv}", f"DEMO_CHECKPOINT={demo}", f"CHECKPOINT={existing}")
+    assert plan.returncode == 0, plan.stderr
+    assert "reid-demo-model" not in plan.stdout
+    assert f"REID_CHECKPOINT=${{REID_CHECKPOINT:-{existing}}}" in plan.stdout

@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,12 +25,13 @@ from typing import Any
 import numpy as np
 
 from service.gallery.base import CollectionInfo, NewItem
+from service.index import SourceView
 
-__all__ = ["CollectionInfo", "GalleryRow", "GalleryStore", "NewItem", "StoreError"]
+__all__ = ["CollectionInfo", "FingerprintMismatchError", "GalleryRow", "GalleryStore", "NewItem", "StoreError"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -52,7 +54,24 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE INDEX IF NOT EXISTS items_by_collection ON items(collection, faiss_id);
 CREATE INDEX IF NOT EXISTS items_by_hash ON items(collection, sha256);
+CREATE TABLE IF NOT EXISTS deletions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection TEXT NOT NULL,
+    faiss_id INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deletions_by_collection ON deletions(collection, seq);
+CREATE TABLE IF NOT EXISTS crops (
+    faiss_id INTEGER PRIMARY KEY REFERENCES items(faiss_id) ON DELETE CASCADE,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reindex (
+    faiss_id INTEGER PRIMARY KEY,
+    embedding BLOB NOT NULL
+);
 """
+# deletions: every deleted row's faiss id in commit order, so an index snapshot taken at sequence S replays
+# exactly the deletes after S. crops: the uploaded file of each item, as sent. reindex: embeddings computed
+# by reid-reindex for the next model, switched in with one transaction at its end.
 # AUTOINCREMENT: a deleted row's faiss id is never handed out again, so a stale index entry cannot
 # alias a new row.
 
@@ -61,6 +80,20 @@ _ROW_COLUMNS = "faiss_id, id, collection, label, metadata, created_at, sha256"
 
 class StoreError(RuntimeError):
     """The database cannot be used with this model (e.g. a different embedding dimension)."""
+
+
+class FingerprintMismatchError(StoreError):
+    """The gallery's embeddings come from another checkpoint: serving would compare two models' vectors."""
+
+    def __init__(self, path: Path, count: int, stored: str, current: str) -> None:
+        super().__init__(
+            f"gallery {path} holds {count} embeddings made by model {stored}, but the checkpoint now configured "
+            f"is model {current}; embeddings of two models cannot be compared. Either start with a new, empty "
+            f"REID_DATA_DIR for this model, or re-embed the gallery with it first: "
+            f"reid-reindex --checkpoint <the new checkpoint> --data-dir {path.parent}"
+        )
+        self.stored = stored
+        self.current = current
 
 
 @dataclass(frozen=True)
@@ -96,10 +129,11 @@ def _row(values: Sequence[Any]) -> GalleryRow:
 class GalleryStore:
     """Gallery rows in one SQLite file; thread-safe (one connection, one lock)."""
 
-    def __init__(self, path: Path, embedding_dim: int, model_fingerprint: str = "") -> None:
+    def __init__(self, path: Path, embedding_dim: int, model_fingerprint: str = "", store_crops: bool = True) -> None:
         self.path = Path(path)
         self.embedding_dim = int(embedding_dim)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.store_crops = store_crops
         self._lock = threading.Lock()
         # isolation_level=None: transactions are opened explicitly with BEGIN IMMEDIATE below.
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
@@ -125,12 +159,7 @@ class GalleryStore:
                 )
             stored_fp = meta.get("model_fingerprint")
             if count and model_fingerprint and stored_fp and stored_fp != model_fingerprint:
-                logger.warning(
-                    "gallery %s was built with another checkpoint (%s..., now %s...): scores mix models",
-                    self.path,
-                    stored_fp[:12],
-                    model_fingerprint[:12],
-                )
+                raise FingerprintMismatchError(self.path, int(count), stored_fp, model_fingerprint)
             updates = {"schema_version": str(SCHEMA_VERSION), "embedding_dim": str(self.embedding_dim)}
             if model_fingerprint:
                 updates["model_fingerprint"] = model_fingerprint
@@ -168,6 +197,10 @@ class GalleryStore:
                         (item_id, collection, item.label, meta, created, item.sha256, blob),
                     )
                     assert cursor.lastrowid is not None
+                    if self.store_crops and item.crop is not None:
+                        self._conn.execute(
+                            "INSERT INTO crops(faiss_id, data) VALUES (?, ?)", (cursor.lastrowid, item.crop)
+                        )
                     rows.append(
                         GalleryRow(
                             item_id,
@@ -244,6 +277,9 @@ class GalleryStore:
                 found = self._conn.execute(f"SELECT {_ROW_COLUMNS} FROM items WHERE id = ?", (item_id,)).fetchone()
                 if found is not None:
                     self._conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
+                    self._conn.execute(
+                        "INSERT INTO deletions(collection, faiss_id) VALUES (?, ?)", (found[2], found[0])
+                    )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -261,6 +297,7 @@ class GalleryStore:
                     ids = [r[0] for r in self._conn.execute("SELECT faiss_id FROM items WHERE collection = ?", (name,))]
                     self._conn.execute("DELETE FROM items WHERE collection = ?", (name,))
                     self._conn.execute("DELETE FROM collections WHERE name = ?", (name,))
+                    self._conn.execute("DELETE FROM deletions WHERE collection = ?", (name,))
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -279,9 +316,11 @@ class GalleryStore:
             ).fetchall()
         return [CollectionInfo(name, int(size), created) for name, size, created in rows]
 
-    def iter_embeddings(self, collection: str, chunk: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (faiss ids (n,), embeddings (n, D) float32) chunks of one collection, for index rebuilds."""
-        last = -1
+    def iter_embeddings(
+        self, collection: str, chunk: int = 4096, after: int = -1
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (faiss ids (n,), embeddings (n, D) float32) chunks of one collection with faiss id > ``after``."""
+        last = after
         while True:
             with self._lock:
                 rows = self._conn.execute(
@@ -295,3 +334,91 @@ class GalleryStore:
             vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
             yield ids, vectors.astype(np.float32)
             last = int(ids[-1])
+
+    # ------------------------------------------------------------ lifecycle: snapshots, crops, model
+
+    def get_crop(self, item_id: str) -> bytes | None:
+        """The uploaded file of an item, or None (unknown id, or registered without keeping crops)."""
+        with self._lock:
+            found = self._conn.execute(
+                "SELECT c.data FROM crops c JOIN items i ON i.faiss_id = c.faiss_id WHERE i.id = ?", (item_id,)
+            ).fetchone()
+        return None if found is None else bytes(found[0])
+
+    def meta(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+
+    def collection_created_at(self, name: str) -> str | None:
+        with self._lock:
+            found = self._conn.execute("SELECT created_at FROM collections WHERE name = ?", (name,)).fetchone()
+        return None if found is None else str(found[0])
+
+    def faiss_ids(self, collection: str) -> np.ndarray:
+        """Sorted faiss ids (n,) int64 of one collection's rows."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT faiss_id FROM items WHERE collection = ? ORDER BY faiss_id", (collection,)
+            ).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def deletions_since(self, collection: str, seq: int) -> list[int]:
+        """faiss ids deleted from ``collection`` after deletion sequence number ``seq``, in order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT faiss_id FROM deletions WHERE collection = ? AND seq > ? ORDER BY seq", (collection, seq)
+            ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def deletion_seq(self) -> int:
+        """The sequence number of the latest delete ever committed (0 before the first)."""
+        with self._lock:
+            found = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'deletions'").fetchone()
+        return 0 if found is None else int(found[0])
+
+    def prune_deletions(self, collection: str, upto_seq: int) -> None:
+        """Forget the deletes a snapshot of ``collection`` at ``upto_seq`` already contains."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("DELETE FROM deletions WHERE collection = ? AND seq <= ?", (collection, upto_seq))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def read_collection(self, collection: str, chunk: int = 16384) -> Iterator[SourceView]:
+        """A consistent view of one collection for a background index build, on its own connection.
+
+        One read transaction (WAL snapshot isolation): the rows, the watermark (largest faiss id) and the
+        deletion sequence all describe the same moment, while writers carry on.
+        """
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=30.0)
+        try:
+            conn.execute("BEGIN")
+            size, watermark = conn.execute(
+                "SELECT COUNT(*), COALESCE(MAX(faiss_id), -1) FROM items WHERE collection = ?", (collection,)
+            ).fetchone()
+            found = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'deletions'").fetchone()
+            seq = 0 if found is None else found[0]
+
+            def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                last = -1
+                while True:
+                    rows = conn.execute(
+                        "SELECT faiss_id, embedding FROM items WHERE collection = ? AND faiss_id > ? "
+                        "ORDER BY faiss_id LIMIT ?",
+                        (collection, last, chunk),
+                    ).fetchall()
+                    if not rows:
+                        return
+                    ids = np.array([r[0] for r in rows], dtype=np.int64)
+                    vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
+                    yield ids, vectors.astype(np.float32)
+                    last = int(ids[-1])
+
+            yield SourceView(int(watermark), int(seq), int(size), chunks())
+            conn.execute("COMMIT")
+        finally:
+            conn.close()

@@ -129,7 +129,14 @@ def _row(values: Sequence[Any]) -> GalleryRow:
 class GalleryStore:
     """Gallery rows in one SQLite file; thread-safe (one connection, one lock)."""
 
-    def __init__(self, path: Path, embedding_dim: int, model_fingerprint: str = "", store_crops: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        embedding_dim: int,
+        model_fingerprint: str = "",
+        store_crops: bool = True,
+        check_meta: bool = True,
+    ) -> None:
         self.path = Path(path)
         self.embedding_dim = int(embedding_dim)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +148,8 @@ class GalleryStore:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(_SCHEMA)
-        self._check_meta(model_fingerprint)
+        if check_meta:
+            self._check_meta(model_fingerprint)
 
     def close(self) -> None:
         with self._lock:
@@ -422,3 +430,94 @@ class GalleryStore:
             conn.execute("COMMIT")
         finally:
             conn.close()
+
+    # ------------------------------------------------------------ reid-reindex
+
+    def begin_reindex(self, fingerprint: str, dim: int) -> tuple[int, int]:
+        """Prepare re-embedding for model ``fingerprint``; returns (items already done, items in all).
+
+        Work saved for another target model is discarded; work for the same one is kept (resume).
+        """
+        with self._lock:
+            meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                if meta.get("reindex_target") != fingerprint or meta.get("reindex_dim") != str(dim):
+                    self._conn.execute("DELETE FROM reindex")
+                    self._conn.executemany(
+                        "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                        [("reindex_target", fingerprint), ("reindex_dim", str(dim))],
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            done = self._conn.execute(
+                "SELECT COUNT(*) FROM reindex r JOIN items i ON i.faiss_id = r.faiss_id"
+            ).fetchone()[0]
+            total = self._conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        return int(done), int(total)
+
+    def items_without_crop(self) -> int:
+        with self._lock:
+            return int(
+                self._conn.execute(
+                    "SELECT COUNT(*) FROM items i LEFT JOIN crops c ON c.faiss_id = i.faiss_id WHERE c.faiss_id IS NULL"
+                ).fetchone()[0]
+            )
+
+    def crops_to_reindex(self, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` (faiss id, crop bytes) of items not re-embedded yet, in id order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT i.faiss_id, c.data FROM items i JOIN crops c ON c.faiss_id = i.faiss_id "
+                "LEFT JOIN reindex r ON r.faiss_id = i.faiss_id WHERE r.faiss_id IS NULL ORDER BY i.faiss_id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(int(i), bytes(data)) for i, data in rows]
+
+    def save_reindexed(self, faiss_ids: Sequence[int], embeddings: np.ndarray) -> None:
+        """Commit the new model's (n, D') embeddings of these items (one transaction)."""
+        blobs = [np.ascontiguousarray(e, dtype="<f4").tobytes() for e in embeddings]
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO reindex(faiss_id, embedding) VALUES (?, ?)",
+                    zip(faiss_ids, blobs, strict=True),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def finish_reindex(self, fingerprint: str, dim: int) -> bool:
+        """Switch every item to its new embedding and the gallery to the new model, in one transaction.
+
+        Returns False (nothing changed) when an item still lacks its new embedding (e.g. added meanwhile).
+        """
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                missing = self._conn.execute(
+                    "SELECT COUNT(*) FROM items i LEFT JOIN reindex r ON r.faiss_id = i.faiss_id "
+                    "WHERE r.faiss_id IS NULL"
+                ).fetchone()[0]
+                if missing:
+                    self._conn.execute("ROLLBACK")
+                    return False
+                self._conn.execute(
+                    "UPDATE items SET embedding = (SELECT r.embedding FROM reindex r WHERE r.faiss_id = items.faiss_id)"
+                )
+                self._conn.execute("DELETE FROM reindex")
+                self._conn.execute("DELETE FROM meta WHERE key IN ('reindex_target', 'reindex_dim')")
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                    [("model_fingerprint", fingerprint), ("embedding_dim", str(dim))],
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        self.embedding_dim = dim
+        return True

@@ -295,11 +295,34 @@ class _CollectionIndex:
             view = SourceView(int(ids.max()) if len(ids) else -1, -1, len(ids), [(ids, vectors)])
         return self.generation, view
 
-    def finish_build(self, token: int, built: BuiltIndex) -> None:
-        """Swap ``built`` in: replay the deletes made meanwhile, then take over the delta's vectors."""
+    def delta_to_merge(self, merged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) in the delta not yet in ``merged`` (sorted ids already copied to the new index)."""
+        assert self.delta is not None
+        ids, vectors = index_contents(self.delta)
+        todo = ~np.isin(ids, merged)
+        return ids[todo], vectors[todo]
+
+    @staticmethod
+    def merge_into(new: Any, built: BuiltIndex, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add delta vectors to ``new``, skipping those its source read already contained."""
+        fresh = ids > built.watermark_id
+        for j in np.flatnonzero(~fresh):
+            # Added after the build started but before the source was read: usually already in ``new``.
+            try:
+                new.reconstruct(int(ids[j]))
+            except RuntimeError:
+                fresh[j] = True
+        if fresh.any():
+            new.add_with_ids(vectors[fresh], ids[fresh])
+
+    def finish_build(self, token: int, built: BuiltIndex, merged: np.ndarray) -> None:
+        """Swap ``built`` in: replay the deletes made meanwhile, then take over the rest of the delta."""
         if token != self.generation:
             return
         new = built.index
+        ids, vectors = self.delta_to_merge(merged)
+        if len(ids):
+            self.merge_into(new, built, ids, vectors)
         new_tombstones: set[int] = set()
         for i in self.build_deletes:
             one = np.array([i], dtype=np.int64)
@@ -309,18 +332,6 @@ class _CollectionIndex:
                 with contextlib.suppress(RuntimeError):
                     new.reconstruct(i)
                     new_tombstones.add(i)
-        assert self.delta is not None
-        ids, vectors = index_contents(self.delta)
-        if len(ids):
-            fresh = ids > built.watermark_id
-            for j in np.flatnonzero(~fresh):
-                # Added after the build started but before the source was read: already in ``new``.
-                try:
-                    new.reconstruct(int(ids[j]))
-                except RuntimeError:
-                    fresh[j] = True
-            if fresh.any():
-                new.add_with_ids(vectors[fresh], ids[fresh])
         previous = self.kind
         self._install(new, built.kind, new_tombstones)
         live = int(new.ntotal) - len(new_tombstones)
@@ -357,6 +368,9 @@ class FaissIndexRegistry:
     the collection lock); ``on_built(collection, built)`` runs in the builder thread before the swap (the
     gallery writes its snapshot there). ``build_hook(collection, point)`` lets tests pause a build.
     """
+
+    # Delta vectors left for the swap itself, under the collection lock (an HNSW add of ~1k takes tens of ms).
+    CATCH_UP_UNDER_LOCK = 1024
 
     def __init__(
         self,
@@ -572,8 +586,9 @@ class FaissIndexRegistry:
                     self.on_built(collection, built)
                 except Exception:
                     logger.exception("could not save the snapshot of %r; the index is still swapped in", collection)
+            merged = self._catch_up(index, token, built)
             with index.lock:
-                index.finish_build(token, built)
+                index.finish_build(token, built, merged)
             self.builds_finished += 1
             logger.info("background %s build of %r done: %d vectors", kind, collection, built.size)
         except BaseException as exc:
@@ -585,6 +600,21 @@ class FaissIndexRegistry:
                 index.abort_build(token)
             if not isinstance(exc, Exception | BuildAborted):
                 raise
+
+    def _catch_up(self, index: _CollectionIndex, token: int, built: BuiltIndex) -> np.ndarray:
+        """Copy what the delta gathered during the build into the new index outside the collection lock, in
+        rounds, until little is left (finish_build moves that rest under the lock). Returns the ids copied."""
+        merged = np.zeros(0, dtype=np.int64)
+        while not self._closing.is_set():
+            with index.lock:
+                if token != index.generation:
+                    break
+                ids, vectors = index.delta_to_merge(merged)
+            if len(ids) <= self.CATCH_UP_UNDER_LOCK:
+                break
+            index.merge_into(built.index, built, ids, vectors)
+            merged = np.union1d(merged, ids)
+        return merged
 
     def _read(self, collection: str) -> AbstractContextManager[SourceView]:
         assert self.source is not None

@@ -61,12 +61,14 @@ def gated() -> Iterator[tuple[threading.Event, threading.Event, Callable[[str, s
     release.set()
 
 
-def test_query_during_background_build_completes_before_the_build(tmp_path: Path, gated: Any) -> None:
+@pytest.mark.parametrize("under_lock", [1024, 2], ids=["swap-takes-delta", "catch-up-rounds"])
+def test_query_during_background_build_completes_before_the_build(tmp_path: Path, gated: Any, under_lock: int) -> None:
     reached, release, hook = gated
     rng = np.random.default_rng(0)
     vectors = unit(rng, 70)
     gallery = open_gallery(tmp_path)
     gallery.index.build_hook = hook
+    gallery.index.CATCH_UP_UNDER_LOCK = under_lock
     added = gallery.add("m", items(vectors[:40]))
     gallery.add("m", items(vectors[40:55], 40))  # crosses 50: the HNSW build starts, this add does not wait
     assert reached.wait(60)

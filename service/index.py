@@ -508,21 +508,22 @@ class FaissIndexRegistry:
                 ids = ids[~np.isin(ids, np.fromiter(index.tombstones, dtype=np.int64))]
         return np.sort(ids)
 
-    def export(self, collection: str, only_if_changed: bool = True) -> tuple[Any, str, set[int], int] | None:
-        """(CPU copy of the serving index, kind, tombstones, max id) for a snapshot; None while a build runs
-        (it writes its own) or, with only_if_changed, when nothing changed since the last snapshot or load."""
+    def export(
+        self, collection: str, write: Callable[[Any, str, set[int], int], None], only_if_changed: bool = True
+    ) -> bool:
+        """Call ``write(cpu_index, kind, tombstones, max_id)`` on the serving index under the collection lock
+        (no copy of the index is made; a GPU index is copied to the CPU). Skipped (False) while a build runs (it
+        writes its own snapshot) or, with only_if_changed, when nothing changed since the last snapshot or load."""
         index = self._get(collection)
         if index is None:
-            return None
+            return False
         with index.lock:
             if index.building or (only_if_changed and index.changes == 0):
-                return None
-            if index.on_gpu and index.gpu is not None:
-                cpu = index.gpu.to_cpu(index.main)
-            else:
-                cpu = faiss.deserialize_index(faiss.serialize_index(index.main))
+                return False
+            cpu = index.gpu.to_cpu(index.main) if index.on_gpu and index.gpu is not None else index.main
+            write(cpu, index.kind, set(index.tombstones), index.max_id)
             index.changes = 0
-            return cpu, index.kind, set(index.tombstones), index.max_id
+            return True
 
     # ---------------------------------------------------------------- background builds
 

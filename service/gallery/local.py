@@ -16,12 +16,14 @@ added and deleted after the watermark; without a usable snapshot it is loaded as
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -270,15 +272,28 @@ class LocalGallery:
             return 0
         saved = 0
         with self._write_lock:
+            deletion_seq = self.store.deletion_seq()
             for name in self.index.collections():
                 created_at = self.store.collection_created_at(name)
-                exported = self.index.export(name)
-                if created_at is None or exported is None:
+                if created_at is None:
                     continue
-                cpu_index, kind, tombstones, max_id = exported
-                self._write_snapshot(name, created_at, cpu_index, kind, tombstones, max_id, self.store.deletion_seq())
-                saved += 1
+
+                saved += int(
+                    self.index.export(name, functools.partial(self._write_export, name, created_at, deletion_seq))
+                )
         return saved
+
+    def _write_export(
+        self,
+        name: str,
+        created_at: str,
+        deletion_seq: int,
+        cpu_index: Any,
+        kind: str,
+        tombstones: set[int],
+        max_id: int,
+    ) -> None:
+        self._write_snapshot(name, created_at, cpu_index, kind, tombstones, max_id, deletion_seq)
 
     # ------------------------------------------------------------ writes
 

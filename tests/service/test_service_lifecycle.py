@@ -15,7 +15,14 @@ from service.gallery import NewItem
 from service.gallery.local import LocalGallery
 from service.gpu_faiss import GpuFaissOwner
 from service.index import FaissIndexRegistry, IndexConfig
-from service.snapshots import SnapshotHeader, read_header, read_snapshot, snapshot_path, write_snapshot
+from service.snapshots import (
+    SnapshotHeader,
+    SnapshotRejected,
+    read_header,
+    read_snapshot,
+    snapshot_path,
+    write_snapshot,
+)
 from service.store import FingerprintMismatchError, GalleryStore
 from tests.support.images import files_field, player_jpeg, player_png
 
@@ -348,3 +355,18 @@ def test_without_store_crops_the_image_answers_404(make_client: Any) -> None:
         "error": "image_not_stored",
         "detail": f"item {item_id} was registered without keeping its crop",
     }
+
+
+def test_a_flipped_bit_in_the_vectors_fails_the_checksum(tmp_path: Path) -> None:
+    import faiss
+
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+    index.add_with_ids(unit(np.random.default_rng(7), 50), np.arange(50))
+    header = SnapshotHeader("m", "t0", "fp", DIM, "flat")
+    path = write_snapshot(tmp_path, header, index, set())
+    read_snapshot(path, header, lambda kind: {})  # intact: loads
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the float data: faiss itself would load it silently
+    path.write_bytes(bytes(data))
+    with pytest.raises(SnapshotRejected, match="checksum"):
+        read_snapshot(path, header, lambda kind: {})

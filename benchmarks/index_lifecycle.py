@@ -88,8 +88,7 @@ def run(n: int, dim: int, min_size: int, workdir: Path, batch: int = 1000) -> di
     restart_s_snapshot = time.perf_counter() - t0
     index_rss_mib = current_rss_mib() - rss_before
     assert reopened.load_report.from_snapshot == 1, reopened.load_report
-    reopened.index.close()
-    reopened.store.close()
+    reopened.abandon()
     del reopened
     gc.collect()
 
@@ -99,8 +98,7 @@ def run(n: int, dim: int, min_size: int, workdir: Path, batch: int = 1000) -> di
     restart_s_rebuild = time.perf_counter() - t0
     rebuilt.index.wait_for_builds()
     restart_s_rebuild_hnsw = time.perf_counter() - t0
-    rebuilt.index.close()
-    rebuilt.store.close()
+    rebuilt.abandon()
     return {
         "n": n,
         "dim": dim,

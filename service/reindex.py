@@ -28,7 +28,7 @@ from service.faults import pause_point
 from service.imaging import ImageLimits, decode_crop
 from service.settings import Settings
 from service.snapshots import SUFFIX
-from service.store import GalleryStore
+from service.store import GalleryInUseError, GalleryLock, GalleryStore
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,17 @@ def reindex(
         raise ReindexError(f"no gallery at {database}")
     if not checkpoint.is_file():
         raise ReindexError(f"checkpoint {checkpoint} does not exist")
+    try:
+        lock = GalleryLock(database)
+    except GalleryInUseError as exc:
+        raise ReindexError(str(exc)) from exc
+    try:
+        return _reindex(database, checkpoint, device, batch_size, progress)
+    finally:
+        lock.release()
+
+
+def _reindex(database: Path, checkpoint: Path, device: str, batch_size: int, progress: bool) -> ReindexResult:
     fingerprint = file_sha256(checkpoint)
     embedder = Embedder.from_checkpoint(checkpoint, device)
     store = GalleryStore(database, embedder.embedding_dim, check_meta=False)

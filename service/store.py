@@ -10,8 +10,10 @@ threads behind a lock (sqlite3 connections are not safe for concurrent use).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 import threading
 import uuid
@@ -94,6 +96,35 @@ class FingerprintMismatchError(StoreError):
         )
         self.stored = stored
         self.current = current
+
+
+class GalleryInUseError(StoreError):
+    """Another process (a running service or reid-reindex) has the gallery open."""
+
+
+class GalleryLock:
+    """An exclusive advisory lock (flock) on ``<database>.lock``, held while a process uses the gallery.
+
+    The kernel drops it when the process dies, kill -9 included, so a crash never leaves a stale lock.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.path = Path(database).with_name(Path(database).name + ".lock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(self._fd)
+            self._fd = None
+            raise GalleryInUseError(
+                f"{database} is in use by another process (a running service or reid-reindex): stop it first"
+            ) from exc
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
 
 
 @dataclass(frozen=True)

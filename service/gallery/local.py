@@ -41,7 +41,7 @@ from service.gallery.base import (
 )
 from service.index import BuiltIndex, FaissIndexRegistry, IndexConfig
 from service.snapshots import SUFFIX, SnapshotHeader, SnapshotRejected, read_snapshot, snapshot_path, write_snapshot
-from service.store import GalleryRow, GalleryStore
+from service.store import GalleryLock, GalleryRow, GalleryStore
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ class LocalGallery:
         if index.on_built is None:
             index.on_built = self._save_built
         self.load_report = LoadReport()
+        self._lock_file: GalleryLock | None = None
 
     @classmethod
     def open(
@@ -118,12 +119,19 @@ class LocalGallery:
     ) -> LocalGallery:
         """Open (or create) the SQLite file and bring every collection's index back (snapshot or store).
 
-        Raises FingerprintMismatchError when the gallery holds embeddings of another model.
+        Raises FingerprintMismatchError when the gallery holds embeddings of another model, GalleryInUseError
+        when another process (a service, reid-reindex) has it open.
         """
-        store = GalleryStore(database, embedding_dim, fingerprint, store_crops=store_crops)
-        snapshot_dir = Path(database).parent / "indexes" if snapshots else None
-        gallery = cls(store, FaissIndexRegistry(embedding_dim, index_config), observer, snapshot_dir, fingerprint)
-        gallery.load_indexes()
+        lock = GalleryLock(database)
+        try:
+            store = GalleryStore(database, embedding_dim, fingerprint, store_crops=store_crops)
+            snapshot_dir = Path(database).parent / "indexes" if snapshots else None
+            gallery = cls(store, FaissIndexRegistry(embedding_dim, index_config), observer, snapshot_dir, fingerprint)
+            gallery._lock_file = lock
+            gallery.load_indexes()
+        except BaseException:
+            lock.release()
+            raise
         return gallery
 
     # ------------------------------------------------------------ loading and snapshots
@@ -376,6 +384,13 @@ class LocalGallery:
     def health(self) -> GalleryHealth:
         return GalleryHealth(backend=self.backend, ok=True)
 
+    def abandon(self) -> None:
+        """Stop without the close-time snapshots, leaving the files as a kill -9 would (tests, benchmarks)."""
+        self.index.close()
+        self.store.close()
+        if self._lock_file is not None:
+            self._lock_file.release()
+
     def close(self) -> None:
         """Stop background builds, snapshot what changed since the last snapshot, close the store."""
         self.index.close()
@@ -384,3 +399,5 @@ class LocalGallery:
         except Exception:
             logger.exception("could not save index snapshots at close; the next start rebuilds from the store")
         self.store.close()
+        if self._lock_file is not None:
+            self._lock_file.release()

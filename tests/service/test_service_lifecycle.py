@@ -23,7 +23,7 @@ from service.snapshots import (
     snapshot_path,
     write_snapshot,
 )
-from service.store import FingerprintMismatchError, GalleryStore
+from service.store import FingerprintMismatchError, GalleryInUseError, GalleryStore
 from tests.support.images import files_field, player_jpeg, player_png
 
 DIM = 16
@@ -46,8 +46,7 @@ def open_gallery(path: Path, config: IndexConfig = CONFIG, fingerprint: str = "f
 
 def crash(gallery: LocalGallery) -> None:
     """Stop without the close-time snapshot, as a kill -9 would (the builder is stopped first)."""
-    gallery.index.close()
-    gallery.store.close()
+    gallery.abandon()
 
 
 def top1(gallery: LocalGallery, vectors: np.ndarray) -> list[str]:
@@ -370,3 +369,17 @@ def test_a_flipped_bit_in_the_vectors_fails_the_checksum(tmp_path: Path) -> None
     path.write_bytes(bytes(data))
     with pytest.raises(SnapshotRejected, match="checksum"):
         read_snapshot(path, header, lambda kind: {})
+
+
+def test_reindex_refuses_a_gallery_in_use_and_the_lock_goes_with_its_holder(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    from service.reindex import ReindexError, reindex
+
+    gallery = LocalGallery.open(tmp_path / "gallery.sqlite3", 512, "old-model")
+    with pytest.raises(ReindexError, match="in use by another process"):
+        reindex(tmp_path, tiny_checkpoint, "cpu", progress=False)
+    with pytest.raises(GalleryInUseError):
+        LocalGallery.open(tmp_path / "gallery.sqlite3", 512, "old-model")
+    gallery.close()
+    assert reindex(tmp_path, tiny_checkpoint, "cpu", progress=False).items == 0  # empty gallery: just switched

@@ -70,7 +70,9 @@ def measure(
     x = torch.randint(0, 256, (batch, 3, *input_size), dtype=torch.uint8, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    ctx = torch.autocast(device_type=device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    ctx = (
+        torch.autocast(device_type=device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    )
     with torch.inference_mode(), ctx:
         for _ in range(2):  # warm-up: allocator, kernel choice (and compilation)
             model.embed(x)
@@ -124,26 +126,12 @@ def main(argv: list[str] | None = None) -> int:
                 model.embed = torch.compile(model.embed)
             for dtype in dtypes:
                 seconds, timed = measure(
-                    model,
-                    device,
-                    batch,
-                    input_size,
-                    channels_last=channels_last,
-                    autocast=dtype,
-                    min_batches=args.min_batches,
-                    max_seconds=args.max_seconds,
+                    model, device, batch, input_size, channels_last=channels_last, autocast=dtype,
+                    min_batches=args.min_batches, max_seconds=args.max_seconds,
                 )
                 row = ThroughputRow(
-                    name,
-                    str(device),
-                    batch,
-                    channels_last,
-                    None if dtype is None else "bf16",
-                    compiled,
-                    timed,
-                    batch / seconds,
-                    seconds * 1000,
-                    int(base.embedding_dim),
+                    name, str(device), batch, channels_last, None if dtype is None else "bf16", compiled, timed,
+                    batch / seconds, seconds * 1000, int(base.embedding_dim),
                 )
                 rows.append(row)
                 logger.info("%s", row)
@@ -162,17 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         markdown_table(
             ["architecture", "D", "device", "batch", "channels_last", "autocast", "compile", "crops/s", "ms/batch"],
             [
-                (
-                    r.architecture,
-                    r.embedding_dim,
-                    r.device,
-                    r.batch,
-                    r.channels_last,
-                    r.autocast or "fp32",
-                    r.compiled,
-                    r.crops_per_s,
-                    r.ms_per_batch,
-                )
+                (r.architecture, r.embedding_dim, r.device, r.batch, r.channels_last, r.autocast or "fp32",
+                 r.compiled, r.crops_per_s, r.ms_per_batch)
                 for r in rows
             ],
         )

@@ -158,15 +158,8 @@ def bench_one(
         found, qps = timed_search(ivf, queries)
         rows.append(
             IndexRow(
-                n,
-                dim,
-                "ivf",
-                f"nlist={nlist} nprobe={nprobe}",
-                ivf_build,
-                qps,
-                recall_at_k(found, truth),
-                ivf_mem,
-                n > serialize_max_n,
+                n, dim, "ivf", f"nlist={nlist} nprobe={nprobe}", ivf_build, qps, recall_at_k(found, truth),
+                ivf_mem, n > serialize_max_n,
             )
         )
         logger.info("N=%d D=%d ivf nprobe=%d: %.0f q/s recall %.3f", n, dim, nprobe, qps, rows[-1].recall_at_10)
@@ -188,27 +181,12 @@ def bench_one(
                 found, qps = timed_search(hnsw, queries)
                 rows.append(
                     IndexRow(
-                        n,
-                        dim,
-                        "hnsw",
-                        f"{params} efS={ef}",
-                        sw.seconds,
-                        qps,
-                        recall_at_k(found, truth),
-                        hnsw_mem,
+                        n, dim, "hnsw", f"{params} efS={ef}", sw.seconds, qps, recall_at_k(found, truth), hnsw_mem,
                         n > serialize_max_n,
                     )
                 )
-                logger.info(
-                    "N=%d D=%d hnsw %s efS=%d: %.0f q/s recall %.3f (build %.1f s)",
-                    n,
-                    dim,
-                    params,
-                    ef,
-                    qps,
-                    rows[-1].recall_at_10,
-                    sw.seconds,
-                )
+                logger.info("N=%d D=%d hnsw %s efS=%d: %.0f q/s recall %.3f (build %.1f s)", n, dim, params, ef, qps,
+                            rows[-1].recall_at_10, sw.seconds)
             del hnsw
             gc.collect()
         else:
@@ -217,15 +195,7 @@ def bench_one(
             est = None if measured is None else n / measured[1] * math.log(n) / math.log(measured[0])
             rows.append(
                 IndexRow(
-                    n,
-                    dim,
-                    "hnsw",
-                    params,
-                    est,
-                    None,
-                    None,
-                    hnsw_bytes_estimate(n, dim, m),
-                    True,
+                    n, dim, "hnsw", params, est, None, None, hnsw_bytes_estimate(n, dim, m), True,
                     "not run (build too slow on 2 shared cores): build s extrapolated",
                 )
             )
@@ -247,12 +217,8 @@ def bench_rebuild(n: int, dim: int, seed: int, default_config: Any) -> dict[str,
         with Stopwatch() as insert:
             for lo in range(0, n, 5000):
                 items = [
-                    NewItem(
-                        label=f"player-{(lo + i) // CROPS_PER_IDENTITY}",
-                        metadata={"frame": lo + i},
-                        sha256="0" * 64,
-                        embedding=vectors[lo + i],
-                    )
+                    NewItem(label=f"player-{(lo + i) // CROPS_PER_IDENTITY}", metadata={"frame": lo + i},
+                            sha256="0" * 64, embedding=vectors[lo + i])
                     for i in range(min(5000, n - lo))
                 ]
                 store.insert_items("bench", items)
@@ -281,9 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dims", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--queries", type=int, default=1024, help="queries per (N, D); 256 above 100k")
     parser.add_argument(
-        "--hnsw",
-        nargs="+",
-        default=["32:200:10000", "16:100:100000"],
+        "--hnsw", nargs="+", default=["32:200:10000", "16:100:100000"],
         help="HNSW configs M:efConstruction:largest N to build (bigger N: build time extrapolated)",
     )
     parser.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128])
@@ -318,15 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in sorted(args.sizes):
             nq = args.queries if n <= 100_000 else min(args.queries, 256)
             rows += bench_one(
-                n,
-                dim,
-                nq,
-                hnsw_params,
-                args.ef_search,  # type: ignore[arg-type]
-                args.nprobe,
-                100_000,
-                seed=n + dim,
-                hnsw_rate_hint=rate_hint,
+                n, dim, nq, hnsw_params, args.ef_search,  # type: ignore[arg-type]
+                args.nprobe, 100_000, seed=n + dim, hnsw_rate_hint=rate_hint,
             )
             write_results(args.out.with_suffix(".partial.json"), {"rows": [asdict(r) for r in rows]})
     rebuild_sizes = [] if args.no_rebuild else args.rebuild_sizes
@@ -349,17 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         markdown_table(
             ["N", "D", "index", "params", "build s", "queries/s", "recall@10", "memory MiB", "note"],
             [
-                (
-                    r.n,
-                    r.dim,
-                    r.index,
-                    r.params,
-                    r.build_s,
-                    r.qps,
-                    r.recall_at_10,
-                    r.memory_mib,
-                    ("est. " if r.memory_estimated else "") + ("" if r.status == "measured" else r.status),
-                )
+                (r.n, r.dim, r.index, r.params, r.build_s, r.qps, r.recall_at_10, r.memory_mib,
+                 ("est. " if r.memory_estimated else "") + ("" if r.status == "measured" else r.status))
                 for r in rows
             ],
         )
@@ -369,15 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         markdown_table(
             ["N", "D", "SQLite insert s", "SQLite MiB", "rebuild flat s", "rebuild default s", "default kind"],
             [
-                (
-                    r["n"],
-                    r["dim"],
-                    r["insert_s"],
-                    r["sqlite_mib"],
-                    r["rebuild_flat_only_s"],
-                    r["rebuild_service_default_s"],
-                    r["rebuild_service_default_kind"],
-                )
+                (r["n"], r["dim"], r["insert_s"], r["sqlite_mib"], r["rebuild_flat_only_s"],
+                 r["rebuild_service_default_s"], r["rebuild_service_default_kind"])
                 for r in rebuilds
             ],
         )

@@ -169,11 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         from fastapi.testclient import TestClient
 
         settings = Settings(
-            checkpoint=checkpoint,
-            data_dir=data_dir,
-            device="cpu",
-            torch_threads=args.threads,
-            warmup_batches=2,
+            checkpoint=checkpoint, data_dir=data_dir, device="cpu", torch_threads=args.threads, warmup_batches=2,
             decode_workers=args.decode_workers,
         )
         with TestClient(create_app(settings)) as client:
@@ -202,17 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     write_results(args.out, payload)
     rows: list[tuple[str, float, float]] = [(name, ms, ms / http_ms * 100) for name, ms in stages.items()]
     rows.append(("whole POST /query through the ASGI app", http_ms, 100.0))
-    rows.append(
-        (
-            "rest: HTTP, multipart, routing, response (whole - path)",
-            http_ms - path_ms,
-            (http_ms - path_ms) / http_ms * 100,
-        )
-    )
-    print(
-        f"{args.crops} crops of {crop_size[0]}x{crop_size[1]} JPEG -> {args.height}x{args.width}, "
-        f"gallery {args.gallery} x {dim}"
-    )
+    rows.append(("rest: HTTP, multipart, routing, response (whole - path)", http_ms - path_ms,
+                 (http_ms - path_ms) / http_ms * 100))
+    print(f"{args.crops} crops of {crop_size[0]}x{crop_size[1]} JPEG -> {args.height}x{args.width}, "
+          f"gallery {args.gallery} x {dim}")
     print(markdown_table(["stage", "median ms", "% of request"], rows))
     return 0
 

@@ -1,6 +1,6 @@
 """Print the README's benchmark tables from the committed JSON results (so no number is typed by hand).
 
-.venv/bin/python -m benchmarks.report            # reads benchmarks/results/*.json
+    .venv/bin/python -m benchmarks.report            # reads benchmarks/results/*.json
 """
 
 from __future__ import annotations
@@ -34,35 +34,13 @@ def service_section(data: dict[str, Any]) -> str:
     raw, ratios = data["raw"], data["ratios"]
     top_key = next(k for k in ratios if k.startswith("batched_over_unbatched"))
     rows = [
-        (
-            p["mode"],
-            p["max_batch_size"],
-            p["crops_per_request"],
-            p["concurrency"],
-            p["requests"],
-            p["crops_per_s"],
-            p["p50_ms"],
-            p["p95_ms"],
-            p["p99_ms"],
-            p["mean_batch_size"],
-            p["errors"],
-        )
+        (p["mode"], p["max_batch_size"], p["crops_per_request"], p["concurrency"], p["requests"], p["crops_per_s"],
+         p["p50_ms"], p["p95_ms"], p["p99_ms"], p["mean_batch_size"], p["errors"])
         for p in data["points"]
     ]
     table = markdown_table(
-        [
-            "mode",
-            "max batch",
-            "crops/request",
-            "concurrency",
-            "requests",
-            "crops/s",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "mean batch",
-            "errors",
-        ],
+        ["mode", "max batch", "crops/request", "concurrency", "requests", "crops/s", "p50 ms", "p95 ms", "p99 ms",
+         "mean batch", "errors"],
         rows,
     )
     per_batch = sorted(raw["per_batch_crops_per_s"].items(), key=lambda kv: int(kv[0]))
@@ -86,17 +64,8 @@ def service_section(data: dict[str, Any]) -> str:
 
 def embed_section(data: dict[str, Any]) -> str:
     rows = [
-        (
-            r["architecture"],
-            r["embedding_dim"],
-            r["device"],
-            r["batch"],
-            r["channels_last"],
-            r["autocast"] or "fp32",
-            r["compiled"],
-            r["crops_per_s"],
-            r["ms_per_batch"],
-        )
+        (r["architecture"], r["embedding_dim"], r["device"], r["batch"], r["channels_last"], r["autocast"] or "fp32",
+         r["compiled"], r["crops_per_s"], r["ms_per_batch"])
         for r in data["rows"]
     ]
     return f"Machine: {_machine(data)}.\n\n" + markdown_table(
@@ -106,17 +75,8 @@ def embed_section(data: dict[str, Any]) -> str:
 
 def index_section(data: dict[str, Any]) -> str:
     rows = [
-        (
-            r["n"],
-            r["dim"],
-            r["index"],
-            r["params"],
-            r["build_s"],
-            r["qps"],
-            r["recall_at_10"],
-            r["memory_mib"],
-            ("est. memory; " if r["memory_estimated"] else "") + ("" if r["status"] == "measured" else r["status"]),
-        )
+        (r["n"], r["dim"], r["index"], r["params"], r["build_s"], r["qps"], r["recall_at_10"], r["memory_mib"],
+         ("est. memory; " if r["memory_estimated"] else "") + ("" if r["status"] == "measured" else r["status"]))
         for r in data["rows"]
     ]
     return f"Machine: {_machine(data)}.\n\n" + markdown_table(
@@ -126,61 +86,25 @@ def index_section(data: dict[str, Any]) -> str:
 
 def rebuild_section(data: dict[str, Any]) -> str:
     rows = [
-        (
-            r["n"],
-            r["dim"],
-            r["insert_s"],
-            r["sqlite_mib"],
-            r["rebuild_flat_only_s"],
-            r["rebuild_service_default_s"],
-            r["rebuild_service_default_kind"],
-        )
+        (r["n"], r["dim"], r["insert_s"], r["sqlite_mib"], r["rebuild_flat_only_s"], r["rebuild_service_default_s"],
+         r["rebuild_service_default_kind"])
         for r in data["rebuild"]
     ]
     return f"Machine: {_machine(data)}; service index config {data.get('service_index_config')}.\n\n" + markdown_table(
-        [
-            "N",
-            "D",
-            "SQLite insert s",
-            "SQLite MiB",
-            "rebuild, flat only s",
-            "rebuild, service defaults s",
-            "index kind",
-        ],
+        ["N", "D", "SQLite insert s", "SQLite MiB", "rebuild, flat only s", "rebuild, service defaults s",
+         "index kind"],
         rows,
     )
 
 
 def lifecycle_section(data: dict[str, Any]) -> str:
-    row = (
-        data["n"],
-        data["dim"],
-        data["hnsw_min_size"],
-        data["build_s"],
-        data["query_ms_p50_idle"],
-        data["query_ms_p50_during_build"],
-        data["query_ms_max_during_build"],
-        data["restart_s_snapshot"],
-        data["restart_s_rebuild"],
-        data["restart_s_rebuild_hnsw"],
-        data["snapshot_mib"],
-        data["index_rss_mib"],
-    )
+    row = (data["n"], data["dim"], data["hnsw_min_size"], data["build_s"], data["query_ms_p50_idle"],
+           data["query_ms_p50_during_build"], data["query_ms_max_during_build"], data["restart_s_snapshot"],
+           data["restart_s_rebuild"], data["restart_s_rebuild_hnsw"], data["snapshot_mib"], data["index_rss_mib"])
     return f"Machine: {_machine(data)}.\n\n" + markdown_table(
-        [
-            "N",
-            "D",
-            "HNSW from",
-            "background build s",
-            "query ms p50 idle",
-            "query ms p50 during build",
-            "query ms max during build",
-            "restart s, snapshot",
-            "restart s, no snapshot (serving, exact)",
-            "restart s, no snapshot (HNSW back)",
-            "snapshot MiB",
-            "index RSS MiB",
-        ],
+        ["N", "D", "HNSW from", "background build s", "query ms p50 idle", "query ms p50 during build",
+         "query ms max during build", "restart s, snapshot", "restart s, no snapshot (serving, exact)",
+         "restart s, no snapshot (HNSW back)", "snapshot MiB", "index RSS MiB"],
         [row],
     )
 
@@ -188,19 +112,8 @@ def lifecycle_section(data: dict[str, Any]) -> str:
 def profile_section(data: dict[str, Any]) -> str:
     s = data["settings"]
     http = data["http_request_ms"]
-    order = [
-        "sha256",
-        "decode (",
-        "resize",
-        "to uint8",
-        "decode_crop, 1",
-        "decode_crop, pool",
-        "np.stack",
-        "to float",
-        "embed_batch",
-        "index search",
-        "SQLite",
-    ]
+    order = ["sha256", "decode (", "resize", "to uint8", "decode_crop, 1", "decode_crop, pool", "np.stack", "to float",
+             "embed_batch", "index search", "SQLite"]
 
     def rank(name: str) -> int:
         return next((i for i, prefix in enumerate(order) if name.startswith(prefix)), len(order))
@@ -208,9 +121,8 @@ def profile_section(data: dict[str, Any]) -> str:
     stages = sorted(data["stages_ms"].items(), key=lambda kv: rank(kv[0]))
     rows: list[tuple[str, float, float]] = [(k, v, v / http * 100) for k, v in stages]
     rows.append(("whole POST /query (TestClient, in-process)", http, 100.0))
-    rows.append(
-        ("rest: HTTP, multipart, routing, response", data["http_overhead_ms"], data["http_overhead_ms"] / http * 100)
-    )
+    rows.append(("rest: HTTP, multipart, routing, response", data["http_overhead_ms"],
+                 data["http_overhead_ms"] / http * 100))
     return (
         f"Machine: {_machine(data)}; {s['crops']} crops of {s['crop_width']}x{s['crop_height']} JPEG -> "
         f"{s['height']}x{s['width']}, gallery {s['gallery']}.\n\n"

@@ -77,7 +77,9 @@ def make_checkpoint(path: Path, architecture: str, input_size: tuple[int, int]) 
     return path
 
 
-def raw_throughput(checkpoint: Path, batch_sizes: list[int], threads: int, min_seconds: float) -> dict[str, Any]:
+def raw_throughput(
+    checkpoint: Path, batch_sizes: list[int], threads: int, min_seconds: float
+) -> dict[str, Any]:
     """Best in-process crops/s of Embedder.embed_batch over the batch sizes (same code path as the service).
 
     Per batch size: the fastest of 1 s windows within min_seconds, as the CPU may be shared with other jobs.
@@ -177,16 +179,8 @@ def sweep(
             pct = percentiles(latencies)
             crops = len(latencies) * crops_per_request
             point = LoadPoint(
-                mode,
-                max_batch,
-                crops_per_request,
-                concurrency,
-                len(latencies),
-                errors,
-                crops,
-                seconds,
-                crops / seconds,
-                len(latencies) / seconds,
+                mode, max_batch, crops_per_request, concurrency, len(latencies), errors, crops, seconds,
+                crops / seconds, len(latencies) / seconds,
                 None if pct["p50"] is None else pct["p50"] * 1000,
                 None if pct["p95"] is None else pct["p95"] * 1000,
                 None if pct["p99"] is None else pct["p99"] * 1000,
@@ -285,31 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     write_results(args.out, payload)
     print(
         markdown_table(
+            ["mode", "crops/request", "concurrency", "requests", "crops/s", "p50 ms", "p95 ms", "p99 ms",
+             "mean batch", "errors"],
             [
-                "mode",
-                "crops/request",
-                "concurrency",
-                "requests",
-                "crops/s",
-                "p50 ms",
-                "p95 ms",
-                "p99 ms",
-                "mean batch",
-                "errors",
-            ],
-            [
-                (
-                    p.mode,
-                    p.crops_per_request,
-                    p.concurrency,
-                    p.requests,
-                    p.crops_per_s,
-                    p.p50_ms,
-                    p.p95_ms,
-                    p.p99_ms,
-                    p.mean_batch_size,
-                    p.errors,
-                )
+                (p.mode, p.crops_per_request, p.concurrency, p.requests, p.crops_per_s, p.p50_ms, p.p95_ms, p.p99_ms,
+                 p.mean_batch_size, p.errors)
                 for p in points
             ],
         )

@@ -1,6 +1,6 @@
 """Build the gallery backend named by REID_GALLERY_BACKEND.
 
-gallery = open_gallery(settings, embedding_dim=512, fingerprint=sha, use_gpu=False, observer=metrics)
+    gallery = open_gallery(settings, embedding_dim=512, fingerprint=sha, use_gpu=False, observer=metrics)
 """
 
 from __future__ import annotations

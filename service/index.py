@@ -260,6 +260,9 @@ class _CollectionIndex:
         rows: list[list[Hit]] = [[] for _ in range(nq)]
         if self.main.ntotal:
             fetch = min(k + len(self.tombstones), self.main.ntotal)
+            if self.on_gpu:
+                # GPU flat search returns at most 2048 neighbours; compaction keeps tombstones far below that.
+                fetch = min(fetch, 2048)
             if self.kind == "hnsw":
                 hnsw: Any = faiss.downcast_index(self.main.index)
                 hnsw.hnsw.efSearch = max(self.config.hnsw_ef_search, fetch)

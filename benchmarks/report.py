@@ -97,6 +97,18 @@ def rebuild_section(data: dict[str, Any]) -> str:
     )
 
 
+def lifecycle_section(data: dict[str, Any]) -> str:
+    row = (data["n"], data["dim"], data["hnsw_min_size"], data["build_s"], data["query_ms_p50_idle"],
+           data["query_ms_p50_during_build"], data["query_ms_max_during_build"], data["restart_s_snapshot"],
+           data["restart_s_rebuild"], data["restart_s_rebuild_hnsw"], data["snapshot_mib"], data["index_rss_mib"])
+    return f"Machine: {_machine(data)}.\n\n" + markdown_table(
+        ["N", "D", "HNSW from", "background build s", "query ms p50 idle", "query ms p50 during build",
+         "query ms max during build", "restart s, snapshot", "restart s, no snapshot (serving, exact)",
+         "restart s, no snapshot (HNSW back)", "snapshot MiB", "index RSS MiB"],
+        [row],
+    )
+
+
 def profile_section(data: dict[str, Any]) -> str:
     s = data["settings"]
     http = data["http_request_ms"]
@@ -134,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         ("embed_throughput", "Embedding throughput", embed_section),
         ("index_scale", "Index scale", index_section),
         ("index_rebuild", "Rebuild from SQLite", rebuild_section),
+        ("index_lifecycle", "Index lifecycle: background build, snapshot restart", lifecycle_section),
         ("profile_hot_path", "Hot path, one 32-crop query", profile_section),
         ("profile_hot_path_large", "Hot path, one 32-crop query, large uploads", profile_section),
         ("tracklet_accuracy", "Tracklet queries on CUHK03", tracklet_section),

@@ -30,6 +30,7 @@ from service.imaging import ImageLimits
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.routes import api_router, health_router
 from service.settings import Settings
+from service.store import FingerprintMismatchError
 from service.upload_limit import UploadLimitMiddleware
 from service.version import VERSION
 
@@ -98,14 +99,18 @@ async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceSt
 
     embedder = await asyncio.to_thread(Embedder.from_checkpoint, checkpoint, settings.device)
     fingerprint = await asyncio.to_thread(file_sha256, checkpoint)
-    gallery = await asyncio.to_thread(
-        open_gallery,
-        settings,
-        embedder.embedding_dim,
-        fingerprint,
-        embedder.device.type == "cuda",
-        metrics,
+    on_gpu = embedder.device.type == "cuda"
+    # FAISS follows REID_DEVICE: cuda:N puts the GPU indexes on device N (plain "cuda" is torch's current one).
+    gpu_device = (
+        (embedder.device.index if embedder.device.index is not None else torch.cuda.current_device()) if on_gpu else 0
     )
+    try:
+        gallery = await asyncio.to_thread(
+            open_gallery, settings, embedder.embedding_dim, fingerprint, on_gpu, metrics, gpu_device
+        )
+    except FingerprintMismatchError as exc:
+        logger.critical("refusing to start: %s", exc)
+        raise
 
     policy = threshold_policy(settings, embedder.spec.threshold, embedder.spec.thresholds)
     warn_if_uncalibrated(checkpoint, policy)

@@ -79,8 +79,11 @@ def _check_file_count(state: ServiceState, files: list[UploadFile]) -> None:
         )
 
 
-async def _decode_all(state: ServiceState, files: list[UploadFile]) -> list[DecodedCrop]:
-    """Decode every upload in the thread pool; the first bad file (by position) is the error reported."""
+async def _decode_all(state: ServiceState, files: list[UploadFile]) -> tuple[list[DecodedCrop], list[bytes]]:
+    """Decode every upload in the thread pool; the first bad file (by position) is the error reported.
+
+    Returns the decoded crops and the uploaded bytes (kept as the item's image when crops are stored).
+    """
     limits = state.image_limits
     payloads: list[bytes] = []
     for i, upload in enumerate(files):
@@ -104,7 +107,7 @@ async def _decode_all(state: ServiceState, files: list[UploadFile]) -> list[Deco
     for outcome in decoded:
         if isinstance(outcome, BaseException):
             raise outcome
-    return [d for d in decoded if isinstance(d, DecodedCrop)]
+    return [d for d in decoded if isinstance(d, DecodedCrop)], payloads
 
 
 def _admit(state: ServiceState, count: int) -> None:
@@ -248,11 +251,12 @@ async def add_to_gallery(
     _check_labels(labels, len(files))
     parsed_metadata = _parse_metadata(metadata, len(files))
     _admit(state, len(files))
-    crops = await _decode_all(state, files)
+    crops, payloads = await _decode_all(state, files)
     embeddings = await _embed(state, crops)
+    keep = state.settings.store_crops
     items = [
-        NewItem(label=label, metadata=meta, sha256=crop.sha256, embedding=emb)
-        for label, meta, crop, emb in zip(labels, parsed_metadata, crops, embeddings, strict=True)
+        NewItem(label=label, metadata=meta, sha256=crop.sha256, embedding=emb, crop=data if keep else None)
+        for label, meta, crop, emb, data in zip(labels, parsed_metadata, crops, embeddings, payloads, strict=True)
     ]
     added = await asyncio.to_thread(state.gallery.add, collection, items)
     logger.info("registered %d crops in %s", len(added), collection)
@@ -300,6 +304,41 @@ async def get_gallery_item(state: StateDep, item_id: ItemIdPath) -> GalleryItemD
     if item is None:
         raise NotFoundError("item_not_found", f"no gallery item with id {item_id}")
     return _detail(item)
+
+
+_IMAGE_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF8", "image/gif"),
+    (b"BM", "image/bmp"),
+)
+
+
+def _media_type(data: bytes) -> str:
+    """The image type of a stored crop, from its first bytes (it was decoded successfully when registered)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    for signature, media_type in _IMAGE_SIGNATURES:
+        if data.startswith(signature):
+            return media_type
+    return "application/octet-stream"
+
+
+@api_router.get(
+    "/gallery/{item_id}/image",
+    tags=["gallery"],
+    response_class=Response,
+    responses={**_errors(404, 422), 200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+    summary="The crop registered for an item, exactly as uploaded",
+    description="404 `image_not_stored` when the item was registered while REID_STORE_CROPS was off.",
+)
+async def get_gallery_image(state: StateDep, item_id: ItemIdPath) -> Response:
+    data = await asyncio.to_thread(state.gallery.get_image, str(item_id))
+    if data is None:
+        if await asyncio.to_thread(state.gallery.get, str(item_id)) is None:
+            raise NotFoundError("item_not_found", f"no gallery item with id {item_id}")
+        raise NotFoundError("image_not_stored", f"item {item_id} was registered without keeping its crop")
+    return Response(data, media_type=_media_type(data))
 
 
 @api_router.delete(
@@ -384,7 +423,7 @@ async def query(
     groups = parse_tracklets(tracklets, len(files))
     await _require_collection(state, collection)
     _admit(state, len(files))
-    crops = await _decode_all(state, files)
+    crops, _ = await _decode_all(state, files)
     queries = pool_queries(await _embed(state, crops), groups)  # (Q, D) crops -> (T, D), one per tracklet
     hits = await asyncio.to_thread(state.gallery.search, collection, queries, top_k)
     policy = state.threshold

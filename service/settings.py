@@ -60,10 +60,17 @@ class Settings(BaseSettings):
         default=50_000, ge=1, description="Collection size from which the index switches to HNSW."
     )
     # M=16 / efConstruction=100 build ~2x faster than 32/200 with recall@10 >= 0.997 at efSearch >= 64 on
-    # 100k vectors (benchmarks/index_scale.py, README "Benchmarks"); the build is paid at every start-up.
+    # 100k vectors (benchmarks/index_scale.py, README "Benchmarks"); builds run in the background and are snapshotted.
     hnsw_m: int = Field(default=16, ge=4, description="HNSW graph degree.")
     hnsw_ef_construction: int = Field(default=100, ge=8)
     hnsw_ef_search: int = Field(default=128, ge=8)
+    store_crops: bool = Field(
+        default=True,
+        description="Keep each registered crop as uploaded (GET /gallery/{id}/image, reid-reindex).",
+    )
+    index_snapshots: bool = Field(
+        default=True, description="Save built indexes under REID_DATA_DIR/indexes for fast restarts."
+    )
     decode_workers: int = Field(default=4, ge=1, description="Threads decoding and resizing uploads.")
     warmup_batches: int = Field(default=2, ge=0, description="Dummy batches run before /readyz turns 200.")
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 503 overloaded.")

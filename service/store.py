@@ -10,12 +10,15 @@ threads behind a lock (sqlite3 connections are not safe for concurrent use).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,12 +27,13 @@ from typing import Any
 import numpy as np
 
 from service.gallery.base import CollectionInfo, NewItem
+from service.index import SourceView
 
-__all__ = ["CollectionInfo", "GalleryRow", "GalleryStore", "NewItem", "StoreError"]
+__all__ = ["CollectionInfo", "FingerprintMismatchError", "GalleryRow", "GalleryStore", "NewItem", "StoreError"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -52,7 +56,24 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE INDEX IF NOT EXISTS items_by_collection ON items(collection, faiss_id);
 CREATE INDEX IF NOT EXISTS items_by_hash ON items(collection, sha256);
+CREATE TABLE IF NOT EXISTS deletions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection TEXT NOT NULL,
+    faiss_id INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deletions_by_collection ON deletions(collection, seq);
+CREATE TABLE IF NOT EXISTS crops (
+    faiss_id INTEGER PRIMARY KEY REFERENCES items(faiss_id) ON DELETE CASCADE,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reindex (
+    faiss_id INTEGER PRIMARY KEY,
+    embedding BLOB NOT NULL
+);
 """
+# deletions: every deleted row's faiss id in commit order, so an index snapshot taken at sequence S replays
+# exactly the deletes after S. crops: the uploaded file of each item, as sent. reindex: embeddings computed
+# by reid-reindex for the next model, switched in with one transaction at its end.
 # AUTOINCREMENT: a deleted row's faiss id is never handed out again, so a stale index entry cannot
 # alias a new row.
 
@@ -61,6 +82,49 @@ _ROW_COLUMNS = "faiss_id, id, collection, label, metadata, created_at, sha256"
 
 class StoreError(RuntimeError):
     """The database cannot be used with this model (e.g. a different embedding dimension)."""
+
+
+class FingerprintMismatchError(StoreError):
+    """The gallery's embeddings come from another checkpoint: serving would compare two models' vectors."""
+
+    def __init__(self, path: Path, count: int, stored: str, current: str) -> None:
+        super().__init__(
+            f"gallery {path} holds {count} embeddings made by model {stored}, but the checkpoint now configured "
+            f"is model {current}; embeddings of two models cannot be compared. Either start with a new, empty "
+            f"REID_DATA_DIR for this model, or re-embed the gallery with it first: "
+            f"reid-reindex --checkpoint <the new checkpoint> --data-dir {path.parent}"
+        )
+        self.stored = stored
+        self.current = current
+
+
+class GalleryInUseError(StoreError):
+    """Another process (a running service or reid-reindex) has the gallery open."""
+
+
+class GalleryLock:
+    """An exclusive advisory lock (flock) on ``<database>.lock``, held while a process uses the gallery.
+
+    The kernel drops it when the process dies, kill -9 included, so a crash never leaves a stale lock.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.path = Path(database).with_name(Path(database).name + ".lock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(self._fd)
+            self._fd = None
+            raise GalleryInUseError(
+                f"{database} is in use by another process (a running service or reid-reindex): stop it first"
+            ) from exc
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
 
 
 @dataclass(frozen=True)
@@ -96,10 +160,18 @@ def _row(values: Sequence[Any]) -> GalleryRow:
 class GalleryStore:
     """Gallery rows in one SQLite file; thread-safe (one connection, one lock)."""
 
-    def __init__(self, path: Path, embedding_dim: int, model_fingerprint: str = "") -> None:
+    def __init__(
+        self,
+        path: Path,
+        embedding_dim: int,
+        model_fingerprint: str = "",
+        store_crops: bool = True,
+        check_meta: bool = True,
+    ) -> None:
         self.path = Path(path)
         self.embedding_dim = int(embedding_dim)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.store_crops = store_crops
         self._lock = threading.Lock()
         # isolation_level=None: transactions are opened explicitly with BEGIN IMMEDIATE below.
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
@@ -107,7 +179,8 @@ class GalleryStore:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(_SCHEMA)
-        self._check_meta(model_fingerprint)
+        if check_meta:
+            self._check_meta(model_fingerprint)
 
     def close(self) -> None:
         with self._lock:
@@ -125,12 +198,7 @@ class GalleryStore:
                 )
             stored_fp = meta.get("model_fingerprint")
             if count and model_fingerprint and stored_fp and stored_fp != model_fingerprint:
-                logger.warning(
-                    "gallery %s was built with another checkpoint (%s..., now %s...): scores mix models",
-                    self.path,
-                    stored_fp[:12],
-                    model_fingerprint[:12],
-                )
+                raise FingerprintMismatchError(self.path, int(count), stored_fp, model_fingerprint)
             updates = {"schema_version": str(SCHEMA_VERSION), "embedding_dim": str(self.embedding_dim)}
             if model_fingerprint:
                 updates["model_fingerprint"] = model_fingerprint
@@ -168,6 +236,10 @@ class GalleryStore:
                         (item_id, collection, item.label, meta, created, item.sha256, blob),
                     )
                     assert cursor.lastrowid is not None
+                    if self.store_crops and item.crop is not None:
+                        self._conn.execute(
+                            "INSERT INTO crops(faiss_id, data) VALUES (?, ?)", (cursor.lastrowid, item.crop)
+                        )
                     rows.append(
                         GalleryRow(
                             item_id,
@@ -244,6 +316,9 @@ class GalleryStore:
                 found = self._conn.execute(f"SELECT {_ROW_COLUMNS} FROM items WHERE id = ?", (item_id,)).fetchone()
                 if found is not None:
                     self._conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
+                    self._conn.execute(
+                        "INSERT INTO deletions(collection, faiss_id) VALUES (?, ?)", (found[2], found[0])
+                    )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -261,6 +336,7 @@ class GalleryStore:
                     ids = [r[0] for r in self._conn.execute("SELECT faiss_id FROM items WHERE collection = ?", (name,))]
                     self._conn.execute("DELETE FROM items WHERE collection = ?", (name,))
                     self._conn.execute("DELETE FROM collections WHERE name = ?", (name,))
+                    self._conn.execute("DELETE FROM deletions WHERE collection = ?", (name,))
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -279,9 +355,11 @@ class GalleryStore:
             ).fetchall()
         return [CollectionInfo(name, int(size), created) for name, size, created in rows]
 
-    def iter_embeddings(self, collection: str, chunk: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (faiss ids (n,), embeddings (n, D) float32) chunks of one collection, for index rebuilds."""
-        last = -1
+    def iter_embeddings(
+        self, collection: str, chunk: int = 4096, after: int = -1
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (faiss ids (n,), embeddings (n, D) float32) chunks of one collection with faiss id > ``after``."""
+        last = after
         while True:
             with self._lock:
                 rows = self._conn.execute(
@@ -295,3 +373,182 @@ class GalleryStore:
             vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
             yield ids, vectors.astype(np.float32)
             last = int(ids[-1])
+
+    # ------------------------------------------------------------ lifecycle: snapshots, crops, model
+
+    def get_crop(self, item_id: str) -> bytes | None:
+        """The uploaded file of an item, or None (unknown id, or registered without keeping crops)."""
+        with self._lock:
+            found = self._conn.execute(
+                "SELECT c.data FROM crops c JOIN items i ON i.faiss_id = c.faiss_id WHERE i.id = ?", (item_id,)
+            ).fetchone()
+        return None if found is None else bytes(found[0])
+
+    def meta(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+
+    def collection_created_at(self, name: str) -> str | None:
+        with self._lock:
+            found = self._conn.execute("SELECT created_at FROM collections WHERE name = ?", (name,)).fetchone()
+        return None if found is None else str(found[0])
+
+    def faiss_ids(self, collection: str) -> np.ndarray:
+        """Sorted faiss ids (n,) int64 of one collection's rows."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT faiss_id FROM items WHERE collection = ? ORDER BY faiss_id", (collection,)
+            ).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def deletions_since(self, collection: str, seq: int) -> list[int]:
+        """faiss ids deleted from ``collection`` after deletion sequence number ``seq``, in order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT faiss_id FROM deletions WHERE collection = ? AND seq > ? ORDER BY seq", (collection, seq)
+            ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def deletion_seq(self) -> int:
+        """The sequence number of the latest delete ever committed (0 before the first)."""
+        with self._lock:
+            found = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'deletions'").fetchone()
+        return 0 if found is None else int(found[0])
+
+    def prune_deletions(self, collection: str, upto_seq: int) -> None:
+        """Forget the deletes a snapshot of ``collection`` at ``upto_seq`` already contains."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("DELETE FROM deletions WHERE collection = ? AND seq <= ?", (collection, upto_seq))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def read_collection(self, collection: str, chunk: int = 16384) -> Iterator[SourceView]:
+        """A consistent view of one collection for a background index build, on its own connection.
+
+        One read transaction (WAL snapshot isolation): the rows, the watermark (largest faiss id) and the
+        deletion sequence all describe the same moment, while writers carry on.
+        """
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=30.0)
+        try:
+            conn.execute("BEGIN")
+            size, watermark = conn.execute(
+                "SELECT COUNT(*), COALESCE(MAX(faiss_id), -1) FROM items WHERE collection = ?", (collection,)
+            ).fetchone()
+            found = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'deletions'").fetchone()
+            seq = 0 if found is None else found[0]
+
+            def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                last = -1
+                while True:
+                    rows = conn.execute(
+                        "SELECT faiss_id, embedding FROM items WHERE collection = ? AND faiss_id > ? "
+                        "ORDER BY faiss_id LIMIT ?",
+                        (collection, last, chunk),
+                    ).fetchall()
+                    if not rows:
+                        return
+                    ids = np.array([r[0] for r in rows], dtype=np.int64)
+                    vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
+                    yield ids, vectors.astype(np.float32)
+                    last = int(ids[-1])
+
+            yield SourceView(int(watermark), int(seq), int(size), chunks())
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------------ reid-reindex
+
+    def begin_reindex(self, fingerprint: str, dim: int) -> tuple[int, int]:
+        """Prepare re-embedding for model ``fingerprint``; returns (items already done, items in all).
+
+        Work saved for another target model is discarded; work for the same one is kept (resume).
+        """
+        with self._lock:
+            meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                if meta.get("reindex_target") != fingerprint or meta.get("reindex_dim") != str(dim):
+                    self._conn.execute("DELETE FROM reindex")
+                    self._conn.executemany(
+                        "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                        [("reindex_target", fingerprint), ("reindex_dim", str(dim))],
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            done = self._conn.execute(
+                "SELECT COUNT(*) FROM reindex r JOIN items i ON i.faiss_id = r.faiss_id"
+            ).fetchone()[0]
+            total = self._conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        return int(done), int(total)
+
+    def items_without_crop(self) -> int:
+        with self._lock:
+            return int(
+                self._conn.execute(
+                    "SELECT COUNT(*) FROM items i LEFT JOIN crops c ON c.faiss_id = i.faiss_id WHERE c.faiss_id IS NULL"
+                ).fetchone()[0]
+            )
+
+    def crops_to_reindex(self, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` (faiss id, crop bytes) of items not re-embedded yet, in id order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT i.faiss_id, c.data FROM items i JOIN crops c ON c.faiss_id = i.faiss_id "
+                "LEFT JOIN reindex r ON r.faiss_id = i.faiss_id WHERE r.faiss_id IS NULL ORDER BY i.faiss_id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(int(i), bytes(data)) for i, data in rows]
+
+    def save_reindexed(self, faiss_ids: Sequence[int], embeddings: np.ndarray) -> None:
+        """Commit the new model's (n, D') embeddings of these items (one transaction)."""
+        blobs = [np.ascontiguousarray(e, dtype="<f4").tobytes() for e in embeddings]
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO reindex(faiss_id, embedding) VALUES (?, ?)",
+                    zip(faiss_ids, blobs, strict=True),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def finish_reindex(self, fingerprint: str, dim: int) -> bool:
+        """Switch every item to its new embedding and the gallery to the new model, in one transaction.
+
+        Returns False (nothing changed) when an item still lacks its new embedding (e.g. added meanwhile).
+        """
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                missing = self._conn.execute(
+                    "SELECT COUNT(*) FROM items i LEFT JOIN reindex r ON r.faiss_id = i.faiss_id "
+                    "WHERE r.faiss_id IS NULL"
+                ).fetchone()[0]
+                if missing:
+                    self._conn.execute("ROLLBACK")
+                    return False
+                self._conn.execute(
+                    "UPDATE items SET embedding = (SELECT r.embedding FROM reindex r WHERE r.faiss_id = items.faiss_id)"
+                )
+                self._conn.execute("DELETE FROM reindex")
+                self._conn.execute("DELETE FROM meta WHERE key IN ('reindex_target', 'reindex_dim')")
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                    [("model_fingerprint", fingerprint), ("embedding_dim", str(dim))],
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        self.embedding_dim = dim
+        return True

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import embed_throughput, index_scale, profile_hot_path, service_load
+from benchmarks import embed_throughput, index_lifecycle, index_scale, profile_hot_path, service_load
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +49,14 @@ def test_index_scale_quick(tmp_path: Path) -> None:
     (rebuild,) = data["rebuild"]
     assert rebuild["rebuild_flat_only_kind"] == "flat"
     assert _positive(rebuild["rebuild_service_default_s"])
+
+
+def test_index_lifecycle_quick(tmp_path: Path) -> None:
+    data = _run(index_lifecycle.main, tmp_path / "lifecycle.json")
+    assert data["kind_after_build"] == "hnsw" and data["n"] == 3000
+    for key in ("build_s", "query_ms_p50_idle", "restart_s_snapshot", "restart_s_rebuild", "restart_s_rebuild_hnsw"):
+        assert _positive(data[key]), key
+    assert data["snapshot_mib"] > 0 and "index_rss_mib" in data and "query_ms_max_during_build" in data
 
 
 def test_profile_hot_path_quick(tmp_path: Path) -> None:

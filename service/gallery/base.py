@@ -24,12 +24,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class NewItem:
-    """A crop to register: label, metadata, SHA-256 of its file bytes, and its (D,) float32 unit embedding."""
+    """A crop to register: label, metadata, SHA-256 of its file bytes, and its (D,) float32 unit embedding.
+
+    ``crop`` is the uploaded file itself (kept when REID_STORE_CROPS is on, for GET /gallery/{id}/image and
+    re-embedding with another model by reid-reindex); None keeps no image.
+    """
 
     label: str
     metadata: dict[str, Any]
     sha256: str
     embedding: np.ndarray
+    crop: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,10 @@ class Gallery(Protocol):
     def has_collection(self, name: str) -> bool: ...
 
     def get(self, item_id: str) -> GalleryItem | None: ...
+
+    def get_image(self, item_id: str) -> bytes | None:
+        """The crop file registered for the item as uploaded, or None (unknown id or no crop kept)."""
+        ...
 
     def list_items(self, collection: str | None, offset: int, limit: int) -> tuple[int, list[GalleryItem]]:
         """(total, one page in registration order), optionally within one collection (which must exist)."""

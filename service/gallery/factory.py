@@ -15,14 +15,15 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def index_config(settings: Settings, use_gpu: bool) -> IndexConfig:
-    """The FAISS knobs of the local backend, from the settings."""
+def index_config(settings: Settings, use_gpu: bool, gpu_device: int = 0) -> IndexConfig:
+    """The FAISS knobs of the local backend, from the settings (GPU ``gpu_device``: REID_DEVICE's cuda:N)."""
     return IndexConfig(
         hnsw_min_size=settings.hnsw_min_size,
         hnsw_m=settings.hnsw_m,
         hnsw_ef_construction=settings.hnsw_ef_construction,
         hnsw_ef_search=settings.hnsw_ef_search,
         use_gpu=use_gpu,
+        gpu_device=gpu_device,
     )
 
 
@@ -32,11 +33,18 @@ def open_gallery(
     fingerprint: str,
     use_gpu: bool = False,
     observer: GalleryObserver | None = None,
+    gpu_device: int = 0,
 ) -> Gallery:
     """Open the configured backend (blocking: run it in a thread); it is ready to serve when this returns."""
     backend = settings.gallery_backend
     if backend == "local":
         return LocalGallery.open(
-            settings.database_path, embedding_dim, fingerprint, index_config(settings, use_gpu), observer
+            settings.database_path,
+            embedding_dim,
+            fingerprint,
+            index_config(settings, use_gpu, gpu_device),
+            observer,
+            store_crops=settings.store_crops,
+            snapshots=settings.index_snapshots,
         )
     raise ValueError(f"unknown gallery backend {backend!r}; valid: local")

@@ -77,6 +77,7 @@ def test_hnsw_switch_keeps_recall_and_supports_deletes() -> None:
     reg.add("c", ids[:150], gallery[:150])
     assert reg.kind("c") == "flat"
     reg.add("c", ids[150:], gallery[150:])
+    reg.wait_for_builds()  # the switch is built in the background
     assert reg.kind("c") == "hnsw" and reg.size("c") == 400
     truth = exact(gallery, ids, queries, 5)
     got = [[i for i, _ in h] for h in reg.search("c", queries, k=5)]

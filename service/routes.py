@@ -44,6 +44,8 @@ from service.schemas import (
 logger = logging.getLogger(__name__)
 
 MAX_LABEL_LENGTH = 128
+# Per item's JSON metadata, on every backend alike (Milvus caps a JSON field at 64 KiB).
+MAX_METADATA_BYTES = 16 * 1024
 # SQLite integers are 64-bit (a larger OFFSET raised OverflowError -> 500); 2**53 also stays exact in JSON clients.
 MAX_OFFSET = 2**53
 
@@ -138,6 +140,10 @@ def _parse_metadata(raw: list[str] | None, count: int) -> list[dict[str, Any]]:
         if not text.strip():
             parsed.append({})
             continue
+        if len(text.encode()) > MAX_METADATA_BYTES:
+            raise ServiceError(
+                422, "metadata_too_large", f"metadata #{i} is {len(text.encode())} bytes, at most {MAX_METADATA_BYTES}"
+            )
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -23,6 +23,7 @@ Item ids are UUIDv7 (time-ordered), which gives the registration order for listi
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -148,6 +149,11 @@ def _is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError))
 
 
+def _is_released(exc: MilvusException) -> bool:
+    text = str(exc).lower()
+    return exc.code == 101 or "released" in text or "not loaded" in text
+
+
 def _chunks(values: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
@@ -211,6 +217,9 @@ class MilvusGallery:
             raise ValueError(f"REID_MILVUS_URI={config.uri!r}: a Milvus Lite file must end in .db (or use http://)")
         if config.embedded:
             os.makedirs(os.path.dirname(os.path.abspath(config.uri)), exist_ok=True)
+        # pymilvus logs every failed RPC with a traceback (several per call while Milvus is down); _call reports
+        # each failure once, as the 503 it becomes.
+        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
         client = cls._connect(config)
         gallery = cls(client, config, embedding_dim, observer)
         try:
@@ -317,7 +326,7 @@ class MilvusGallery:
         return None
 
     def _check_model(self, fingerprint: str) -> None:
-        rows = self._client.get(self.catalog_name, ids=[_MODEL_KEY], timeout=self.config.timeout_s)
+        rows = self._catalog_get(_MODEL_KEY)
         stored = rows[0]["value"] if rows else None
         count = self._count("")
         if stored and count and fingerprint and stored.get("fingerprint") not in ("", fingerprint):
@@ -330,7 +339,11 @@ class MilvusGallery:
         if stored != {"fingerprint": fingerprint, "embedding_dim": self.embedding_dim}:
             self._client.upsert(
                 self.catalog_name,
-                [self._catalog_row(_MODEL_KEY, "model", "", {"fingerprint": fingerprint, "embedding_dim": self.embedding_dim})],
+                [
+                    self._catalog_row(
+                        _MODEL_KEY, "model", "", {"fingerprint": fingerprint, "embedding_dim": self.embedding_dim}
+                    )
+                ],
                 timeout=self.config.timeout_s,
             )
 
@@ -343,7 +356,16 @@ class MilvusGallery:
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """Run one Milvus call; 'cannot reach Milvus' becomes BackendUnavailableError (503), anything else rises."""
         try:
-            return fn()
+            try:
+                return fn()
+            except MilvusException as exc:
+                if not _is_released(exc):
+                    raise
+                # A restarted Milvus Lite comes back with its collections released: load them, try once more.
+                logger.warning("Milvus collections were released (%s); loading them again", _short(exc))
+                for name in (self.items_name, self.catalog_name):
+                    self._client.load_collection(name, timeout=max(self.config.timeout_s, 30.0))
+                return fn()
         except ServiceError:
             raise
         except Exception as exc:
@@ -372,6 +394,10 @@ class MilvusGallery:
     def _catalog_key(self, collection: str) -> str:
         return f"collection/{collection}"
 
+    def _catalog_get(self, key: str) -> list[dict[str, Any]]:
+        # Not MilvusClient.get(ids=...): pymilvus pastes string ids into its filter unescaped.
+        return self._query(self.catalog_name, f"key == {literal(key)}", ["key", "name", "created_at", "value"])
+
     def _catalog_collections(self) -> list[dict[str, Any]]:
         return self._query(self.catalog_name, 'kind == "collection"', ["name", "created_at"])
 
@@ -388,7 +414,12 @@ class MilvusGallery:
         for part in _chunks(list(ids)):
             self._call(
                 "a delete",
-                lambda part=part: self._client.delete(self.items_name, ids=list(part), timeout=self.config.timeout_s),
+                functools.partial(
+                    self._client.delete,
+                    self.items_name,
+                    filter=f"id in {literal_list(part)}",
+                    timeout=self.config.timeout_s,
+                ),
             )
 
     def _refresh_size(self, collection: str) -> None:
@@ -402,7 +433,9 @@ class MilvusGallery:
             raise DuplicateCropError(collection, repeats)
         for i, item in enumerate(items):
             if item.embedding.shape != (self.embedding_dim,):
-                raise ValueError(f"item #{i} embedding has shape {item.embedding.shape}, expected ({self.embedding_dim},)")
+                raise ValueError(
+                    f"item #{i} embedding has shape {item.embedding.shape}, expected ({self.embedding_dim},)"
+                )
         hashes = [item.sha256 for item in items]
         with self._write_lock:
             existing = self._find_sha(collection, hashes)
@@ -429,7 +462,9 @@ class MilvusGallery:
                 for part in _chunks(rows):
                     self._call(
                         "an insert",
-                        lambda part=part: self._client.insert(self.items_name, list(part), timeout=self.config.timeout_s),
+                        functools.partial(
+                            self._client.insert, self.items_name, list(part), timeout=self.config.timeout_s
+                        ),
                     )
                     inserted.extend(r["id"] for r in part)
             except BaseException:
@@ -460,10 +495,7 @@ class MilvusGallery:
 
     def _ensure_collection(self, collection: str) -> None:
         key = self._catalog_key(collection)
-        rows = self._call(
-            "a catalog read", lambda: self._client.get(self.catalog_name, ids=[key], timeout=self.config.timeout_s)
-        )
-        if not rows:
+        if not self._catalog_get(key):
             row = self._catalog_row(key, "collection", collection, {})
             self._call(
                 "a catalog write",
@@ -495,7 +527,9 @@ class MilvusGallery:
             key = self._catalog_key(name)
             self._call(
                 "a catalog delete",
-                lambda: self._client.delete(self.catalog_name, ids=[key], timeout=self.config.timeout_s),
+                lambda: self._client.delete(
+                    self.catalog_name, filter=f"key == {literal(key)}", timeout=self.config.timeout_s
+                ),
             )
             self._observer.forget_collection(name)
         return count
@@ -510,10 +544,12 @@ class MilvusGallery:
         if self.config.index_type == "HNSW":
             params["params"] = {"ef": max(self.config.hnsw_ef_search, k)}
         out: list[list[ScoredItem]] = []
-        for part in _chunks(queries, 64):
+        for start in range(0, len(queries), 64):
+            part = queries[start : start + 64]
             hits = self._call(
                 "a search",
-                lambda part=part: self._client.search(
+                functools.partial(
+                    self._client.search,
                     self.items_name,
                     data=[q.tolist() for q in part],
                     filter=self._gallery_expr(collection),
@@ -528,11 +564,7 @@ class MilvusGallery:
         return out
 
     def has_collection(self, name: str) -> bool:
-        key = self._catalog_key(name)
-        rows = self._call(
-            "a catalog read", lambda: self._client.get(self.catalog_name, ids=[key], timeout=self.config.timeout_s)
-        )
-        return bool(rows)
+        return bool(self._catalog_get(self._catalog_key(name)))
 
     def get(self, item_id: str) -> GalleryItem | None:
         rows = self._query(self.items_name, f"id == {literal(item_id)}", _ITEM_FIELDS)
@@ -564,7 +596,8 @@ class MilvusGallery:
 
     def health(self) -> GalleryHealth:
         try:
-            self._client.has_collection(self.items_name, timeout=min(self.config.timeout_s, 2.0))
+            # A real read through the same path as the routes (reloading released collections), not a ping.
+            self._catalog_get(_MODEL_KEY)
         except Exception as exc:
             return GalleryHealth(backend=self.backend, ok=False, detail=f"Milvus unreachable: {_short(exc)}")
         return GalleryHealth(backend=self.backend, ok=True)

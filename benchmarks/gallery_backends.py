@@ -78,20 +78,23 @@ def open_backend(kind: str, index: str, folder: Path, server_uri: str | None, pr
     return MilvusGallery.open(MilvusConfig(uri=uri, prefix=prefix, index_type=index, timeout_s=600), DIM, "bench")
 
 
-def fill(gallery: Any, vectors: np.ndarray) -> float:
-    """Register every vector in requests of BATCH items; returns items/s."""
+def add_range(gallery: Any, vectors: np.ndarray, begin: int, end: int, batch: int) -> None:
     from service.gallery import NewItem
 
+    for s in range(begin, end, batch):
+        items = [NewItem(f"id-{i // 20}", {"i": i}, f"{i:064x}", vectors[i]) for i in range(s, min(end, s + batch))]
+        gallery.add("bench", items)
+
+
+def fill(gallery: Any, vectors: np.ndarray, sample: int) -> float:
+    """Register the first ``sample`` vectors in requests of BATCH items (timed: items/s), the rest in requests of
+    1024 (untimed, through the same gallery.add, duplicate check included)."""
+    sample = min(sample, len(vectors))
     start = time.perf_counter()
-    for s in range(0, len(vectors), BATCH):
-        gallery.add(
-            "bench",
-            [
-                NewItem(f"id-{i // 20}", {"i": i}, f"{i:064x}", vectors[i])
-                for i in range(s, min(len(vectors), s + BATCH))
-            ],
-        )
-    return len(vectors) / (time.perf_counter() - start)
+    add_range(gallery, vectors, 0, sample, BATCH)
+    rate = sample / max(time.perf_counter() - start, 1e-9)
+    add_range(gallery, vectors, sample, len(vectors), 1024)
+    return rate
 
 
 def latencies(gallery: Any, queries: np.ndarray, nq: int, concurrency: int, requests: int) -> list[float]:
@@ -122,16 +125,30 @@ def recall(gallery: Any, vectors: np.ndarray, queries: np.ndarray) -> float:
 
 
 def measure_backend(
-    kind: str, index: str, n: int, folder: Path, server_uri: str | None, requests: int, rng: np.random.Generator
+    kind: str,
+    index: str,
+    n: int,
+    folder: Path,
+    server_uri: str | None,
+    requests: int,
+    sample: int,
+    rng: np.random.Generator,
 ) -> BackendRow:
     prefix = f"b{kind[:6].replace('-', '')}{index.lower()}{n}"
     gallery = open_backend(kind, index, folder, server_uri, prefix)
     try:
         vectors = mixture(n, rng)
-        rate = fill(gallery, vectors)
-        logger.info("%s/%s N=%d: %.0f items/s registered", kind, index, n, rate)
+        rate = fill(gallery, vectors, sample)
+        logger.info("%s/%s N=%d: %.0f items/s registered (first %d)", kind, index, n, rate, sample)
         queries = noisy_copies(vectors, 256, rng)
         table: dict[str, dict[str, float | None]] = {}
+        if kind != "local":
+            # Milvus Lite searches rows still in its memtable (flushed at 128 MiB) by a scan in Python, and
+            # builds the index only when it flushes; Milvus standalone seals segments by itself. Measure the
+            # unflushed search once, then flush so the grid below measures the index.
+            runs = latencies(gallery, queries, 1, 1, max(3, requests // 4))
+            table["unflushed nq=1,c=1"] = percentiles([1000 * s for s in runs], (50, 99))
+            gallery._client.flush(gallery.items_name, timeout=600)
         for nq in (1, 32):
             for conc in (1, 16):
                 runs = latencies(gallery, queries, nq, conc, requests if conc == 1 else 2 * requests)
@@ -167,7 +184,8 @@ def measure_replicas(uri: str, n: int, requests: int, rng: np.random.Generator, 
     prefix = f"replicas{n}"
     gallery = open_backend("milvus-lite-server", "FLAT", folder, uri, prefix)
     vectors = mixture(n, rng)
-    fill(gallery, vectors)
+    fill(gallery, vectors, 0)
+    gallery._client.flush(gallery.items_name, timeout=600)
     gallery.close()
     queries = noisy_copies(vectors, 256, rng)
     ctx = mp.get_context("spawn")
@@ -242,6 +260,11 @@ def measure_schema(uri: str, galleries: int, per_gallery: int, rng: np.random.Ge
 
     per_ms = timed(lambda: client.search("per_gallery_0", data=q, limit=K))
     shared_ms = timed(lambda: client.search("shared", data=q, limit=K, filter='gallery == "0"'))
+    # Milvus Lite scans rows still in its memtable; after a flush both layouts search sealed, indexed segments.
+    for name in [f"per_gallery_{g}" for g in range(galleries)] + ["shared"]:
+        client.flush(name)
+    per_flushed_ms = timed(lambda: client.search("per_gallery_0", data=q, limit=K))
+    shared_flushed_ms = timed(lambda: client.search("shared", data=q, limit=K, filter='gallery == "0"'))
     for g in range(galleries):
         client.drop_collection(f"per_gallery_{g}")
     client.drop_collection("shared")
@@ -252,6 +275,8 @@ def measure_schema(uri: str, galleries: int, per_gallery: int, rng: np.random.Ge
         "new_gallery_collection_create_ms": 1000 * float(np.median(create_s)),
         "search_ms_collection_per_gallery": per_ms,
         "search_ms_partition_key": shared_ms,
+        "search_ms_collection_per_gallery_flushed": per_flushed_ms,
+        "search_ms_partition_key_flushed": shared_flushed_ms,
     }
 
 
@@ -259,12 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0], "gallery_backends.json")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000])
     parser.add_argument("--requests", type=int, default=40, help="searches per cell at concurrency 1 (x2 at 16)")
+    parser.add_argument("--sample", type=int, default=1000, help="items registered in 32s, timed")
+    parser.add_argument("--parts", nargs="+", default=["backends", "replicas", "schema"])
     parser.add_argument("--milvus-index", nargs="+", default=["FLAT", "HNSW"])
     parser.add_argument("--backends", nargs="+", default=["local", "milvus-lite-embedded", "milvus-lite-server"])
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     if args.quick:
-        args.sizes, args.requests, args.milvus_index = [500], 6, ["FLAT"]
+        args.sizes, args.requests, args.milvus_index, args.sample = [500], 6, ["FLAT"], 200
     from tests.support.milvus_server import MilvusLiteServer
 
     rng = np.random.default_rng(0)
@@ -272,19 +299,26 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gallery-bench-") as tmp:
         folder = Path(tmp)
         with MilvusLiteServer(folder / "milvus-server") as server:
-            for n in args.sizes:
+            for n in args.sizes if "backends" in args.parts else []:
                 for kind in args.backends:
                     for index in ["service defaults"] if kind == "local" else args.milvus_index:
-                        rows.append(measure_backend(kind, index, n, folder, server.uri, args.requests, rng))
-            replicas = measure_replicas(server.uri, min(args.sizes), 4 * args.requests, rng, folder)
-            schema = measure_schema(server.uri, 4 if args.quick else 10, 100 if args.quick else 1000, rng)
+                        rows.append(
+                            measure_backend(kind, index, n, folder, server.uri, args.requests, args.sample, rng)
+                        )
+            replicas: list[dict[str, Any]] = []
+            schema: dict[str, Any] = {}
+            if "replicas" in args.parts:
+                replicas = measure_replicas(server.uri, min(args.sizes), 4 * args.requests, rng, folder)
+            if "schema" in args.parts:
+                schema = measure_schema(server.uri, 4 if args.quick else 10, 100 if args.quick else 1000, rng)
 
     headers = ["backend", "index", "N", "register items/s", "recall@10"]
     cells = [f"nq={nq},c={c}" for nq in (1, 32) for c in (1, 16)]
-    headers += [f"{cell} p50/p99 ms" for cell in cells]
+    headers += [f"{cell} p50/p99 ms" for cell in cells] + ["unflushed nq=1 p50 ms"]
     table = [
         [r.backend, r.index, r.n, r.register_items_per_s, r.recall_at_10]
         + [f"{r.latency_ms[c]['p50']:.1f} / {r.latency_ms[c]['p99']:.1f}" for c in cells]
+        + [f"{r.latency_ms[u]['p50']:.0f}" if (u := "unflushed nq=1,c=1") in r.latency_ms else "-"]
         for r in rows
     ]
     print(markdown_table(headers, table))

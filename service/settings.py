@@ -45,8 +45,8 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,200}$",
         description="Milvus collections used: <prefix>_items and <prefix>_catalog.",
     )
-    # FLAT: exact, and on Milvus Lite faster than its HNSW up to 100k items per gallery (README "More than one
-    # machine"); a Milvus cluster with large galleries should use HNSW or AUTOINDEX.
+    # FLAT: exact, and on Milvus Lite faster than its HNSW at 10k items (README "More than one machine");
+    # Milvus standalone with large galleries should use HNSW (the compose profile scale does).
     milvus_index: str = Field(default="FLAT", pattern=r"^(FLAT|HNSW|AUTOINDEX)$", description="Milvus index type.")
     milvus_timeout_s: float = Field(
         default=5.0, gt=0.0, le=600.0, description="Bound on every Milvus call; past it the request answers 503."

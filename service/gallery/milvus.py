@@ -474,6 +474,7 @@ class MilvusGallery:
                         logger.exception("could not withdraw %d rows of a failed registration", len(inserted))
                 raise
             self._withdraw_if_raced(collection, hashes, {r["id"] for r in rows})
+            self.size(collection)  # refreshes the size gauge
         return [_item(r) for r in rows]
 
     def _withdraw_if_raced(self, collection: str, hashes: Sequence[str], mine: set[str]) -> None:
@@ -504,6 +505,7 @@ class MilvusGallery:
             if item is None:
                 return None
             self._delete_ids([item.id])
+            self.size(item.collection)
         return item
 
     def drop_collection(self, name: str) -> int | None:
@@ -587,8 +589,8 @@ class MilvusGallery:
         return sorted(infos, key=lambda c: c.name)
 
     def size(self, collection: str) -> int:
-        # The size gauge is refreshed here, not after every write: count(*) is a scan on Milvus Lite
-        # (0.9 s at 2k items), and other replicas' writes would leave a per-write gauge stale anyway.
+        # Refreshes this replica's size gauge (after its own writes and on every read of the size); writes
+        # through other replicas show up here at the next refresh.
         count = self._count(self._gallery_expr(collection))
         self._observer.set_gallery_size(collection, count)
         return count

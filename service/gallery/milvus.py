@@ -67,8 +67,6 @@ NAME_BYTES = 256
 MAX_METADATA_BYTES = 16 * 1024
 # Rows per insert / ids per ``in`` list: far below Milvus' gRPC message (64 MiB) and expression limits.
 CHUNK = 256
-# Milvus rejects a query whose offset + limit exceeds this (quotaAndLimits.maxQueryResultWindow).
-QUERY_WINDOW = 16_384
 INDEX_TYPES = ("FLAT", "HNSW", "AUTOINDEX")
 
 _ITEM_FIELDS = ["id", "gallery", "label", "metadata", "created_at", "sha256"]
@@ -383,6 +381,18 @@ class MilvusGallery:
             ),
         )
 
+    def _scan_ids(self, expr: str) -> list[str]:
+        iterator = self._client.query_iterator(
+            self.items_name, batch_size=4096, filter=expr, output_fields=["id"], timeout=self.config.timeout_s
+        )
+        ids: list[str] = []
+        try:
+            while batch := iterator.next():
+                ids.extend(str(r["id"]) for r in batch)
+        finally:
+            iterator.close()
+        return ids
+
     def _count(self, expr: str) -> int:
         rows = self._query(self.items_name, expr, ["count(*)"])
         return int(rows[0]["count(*)"]) if rows else 0
@@ -569,11 +579,12 @@ class MilvusGallery:
 
     def list_items(self, collection: str | None, offset: int, limit: int) -> tuple[int, list[GalleryItem]]:
         """Registration order is id order (UUIDv7). Milvus returns query rows in no fixed order and caps
-        offset + limit, so the ids are read (36 bytes each), sorted here, and only the page's rows fetched."""
+        offset + limit (16,384), so the ids are read with a query iterator (36 bytes each), sorted here, and
+        only the page's rows fetched."""
         if collection is not None and not self.has_collection(collection):
             raise CollectionNotFoundError(collection)
         expr = self._gallery_expr(collection) if collection is not None else 'id != ""'
-        ids = sorted(str(r["id"]) for r in self._query(self.items_name, expr, ["id"]))
+        ids = sorted(self._call("an id scan", functools.partial(self._scan_ids, expr)))
         page_ids = ids[offset : offset + limit]
         rows: dict[str, GalleryItem] = {}
         for part in _chunks(page_ids):

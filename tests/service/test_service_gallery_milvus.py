@@ -197,3 +197,31 @@ def test_two_replicas_racing_on_the_same_bytes_never_both_keep_them(milvus_serve
     finally:
         a.close()
         b.close()
+
+
+def test_a_replica_serving_another_checkpoint_refuses_to_start(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import warnings
+
+    from service.app import create_app
+    from service.settings import Settings
+    from tests.support.checkpoints import make_tiny_checkpoint
+    from tests.support.images import files_field, player_png
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    def settings(checkpoint: Path) -> Settings:
+        uri = str(tmp_path / "shared-milvus.db")
+        return Settings(
+            checkpoint=checkpoint, data_dir=tmp_path, device="cpu", gallery_backend="milvus", milvus_uri=uri
+        )
+
+    with TestClient(create_app(settings(tiny_checkpoint))) as client:
+        data = {"collection": "m", "labels": ["p0"]}
+        assert client.post("/gallery", files=files_field(player_png(0)), data=data).status_code == 201
+    other = make_tiny_checkpoint(tmp_path / "other.safetensors", seed=1)
+    with pytest.raises(ModelMismatchError, match="serves model"), TestClient(create_app(settings(other))):
+        pass
+    with TestClient(create_app(settings(tiny_checkpoint))) as client:  # the right model still starts
+        assert client.get("/readyz").status_code == 200

@@ -44,6 +44,8 @@ from service.version import VERSION
 logger = logging.getLogger(__name__)
 
 MAX_LABEL_LENGTH = 128
+# Per item's JSON metadata, on every backend alike (Milvus caps a JSON field at 64 KiB).
+MAX_METADATA_BYTES = 16 * 1024
 # SQLite integers are 64-bit (a larger OFFSET raised OverflowError -> 500); 2**53 also stays exact in JSON clients.
 MAX_OFFSET = 2**53
 
@@ -141,6 +143,10 @@ def _parse_metadata(raw: list[str] | None, count: int) -> list[dict[str, Any]]:
         if not text.strip():
             parsed.append({})
             continue
+        if len(text.encode()) > MAX_METADATA_BYTES:
+            raise ServiceError(
+                422, "metadata_too_large", f"metadata #{i} is {len(text.encode())} bytes, at most {MAX_METADATA_BYTES}"
+            )
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -330,14 +336,16 @@ def _media_type(data: bytes) -> str:
     response_class=Response,
     responses={**_errors(404, 422), 200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
     summary="The crop registered for an item, exactly as uploaded",
-    description="404 `image_not_stored` when the item was registered while REID_STORE_CROPS was off.",
+    description="404 `image_not_stored` when the item was registered while REID_STORE_CROPS was off, or the "
+    "gallery backend keeps no crops (`milvus`).",
 )
 async def get_gallery_image(state: StateDep, item_id: ItemIdPath) -> Response:
     data = await asyncio.to_thread(state.gallery.get_image, str(item_id))
     if data is None:
         if await asyncio.to_thread(state.gallery.get, str(item_id)) is None:
             raise NotFoundError("item_not_found", f"no gallery item with id {item_id}")
-        raise NotFoundError("image_not_stored", f"item {item_id} was registered without keeping its crop")
+        where = "" if state.gallery.backend == "local" else f" (the {state.gallery.backend} backend keeps no crops)"
+        raise NotFoundError("image_not_stored", f"item {item_id} was registered without keeping its crop{where}")
     return Response(data, media_type=_media_type(data))
 
 

@@ -31,8 +31,28 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("./data"), description="Folder for the SQLite gallery database.")
     gallery_backend: str = Field(
         default="local",
-        pattern=r"^(local)$",
-        description="Where the gallery lives: local (SQLite + in-process FAISS).",
+        pattern=r"^(local|milvus)$",
+        description="Where the gallery lives: local (SQLite + in-process FAISS) or milvus (shared by replicas).",
+    )
+    milvus_uri: str = Field(
+        default="",
+        description="Milvus: a local *.db file (Milvus Lite, embedded) or http://host:19530; "
+        "empty means <data_dir>/milvus.db.",
+    )
+    milvus_token: str | None = Field(default=None, description="Milvus token (user:password or API key).")
+    milvus_collection_prefix: str = Field(
+        default="reid",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,200}$",
+        description="Milvus collections used: <prefix>_items and <prefix>_catalog.",
+    )
+    # FLAT: exact, and on Milvus Lite faster than its HNSW at 10k items (README "More than one machine");
+    # Milvus standalone with large galleries should use HNSW (the compose profile scale does).
+    milvus_index: str = Field(default="FLAT", pattern=r"^(FLAT|HNSW|AUTOINDEX)$", description="Milvus index type.")
+    milvus_timeout_s: float = Field(
+        default=5.0, gt=0.0, le=600.0, description="Bound on every Milvus call; past it the request answers 503."
+    )
+    milvus_connect_timeout_s: float = Field(
+        default=60.0, ge=0.0, description="How long start-up waits for Milvus to answer."
     )
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="Largest inference batch (crops).")
@@ -85,11 +105,16 @@ class Settings(BaseSettings):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
         return value
 
-    @field_validator("api_key")
+    @field_validator("api_key", "milvus_token")
     @classmethod
     def _empty_key_means_none(cls, value: str | None) -> str | None:
         # An empty REID_API_KEY= in a compose file must not lock everyone out with an unguessable "".
         return value or None
+
+    @property
+    def milvus_location(self) -> str:
+        """REID_MILVUS_URI, or the embedded Milvus Lite file in the data folder when unset."""
+        return self.milvus_uri or str(self.data_dir / "milvus.db")
 
     @property
     def database_path(self) -> Path:

@@ -382,7 +382,7 @@ def test_deployment_env_values_are_valid_settings(
     for name, data in (("docker-compose.yml", base), ("compose.cpu.yml", cpu)):
         for service_name, service in data["services"].items():
             env = environment(service)
-            if env:
+            if any(k.startswith("REID_") for k in env):  # the service's own containers, not etcd/MinIO/Milvus
                 values = {k: interpolate(v) for k, v in env.items() if v is not None}
                 envs[f"{name}:{service_name}"] = values
     assert len(envs) >= 3
@@ -472,6 +472,36 @@ def test_cpu_override_replaces_the_gpu_service_with_a_mirror(base: dict, cpu: di
         assert replacement[key] == gpu_service[key], f"{name}.{key} differs from reid.{key}"
 
 
+def test_compose_scale_profile_runs_replicas_on_milvus_behind_a_load_balancer(base: dict) -> None:
+    services = {n: s for n, s in base["services"].items() if "scale" in (s.get("profiles") or [])}
+    for name, service in services.items():
+        image = service["image"]
+        assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), f"pin the image of {name}"
+        assert service.get("healthcheck"), f"{name} has no health check"
+        assert service["restart"] in ("always", "unless-stopped", "on-failure"), name
+    replicas = [s for s in services.values() if environment(s).get("REID_GALLERY_BACKEND") == "milvus"]
+    assert len(replicas) == 1, "one replicated service on the milvus backend"
+    replica = replicas[0]
+    assert int(interpolate(str(replica["deploy"]["replicas"]))) >= 2 and "ports" not in replica
+    assert gpu_devices(replica)
+    milvus_host = interpolate(environment(replica)["REID_MILVUS_URI"] or "").split("://")[1].split(":")[0]
+    milvus = services[milvus_host]
+    assert milvus["command"][-1] == "standalone" and "milvus" in replica["depends_on"]
+    for dependency in milvus["depends_on"]:  # etcd and MinIO, started healthy first
+        assert milvus["depends_on"][dependency]["condition"] == "service_healthy"
+    stateful = [milvus] + [services[d] for d in milvus["depends_on"]]
+    for service in stateful:
+        (volume,) = [m for m in mounts(service) if m["type"] == "volume"]
+        assert volume["source"] in (base.get("volumes") or {}), "Milvus state in named volumes"
+    (lb,) = [s for s in services.values() if s.get("ports")]
+    assert lb["image"].startswith(("nginx:", "traefik:"))
+    assert [interpolate(p).rsplit(":", 1)[-1] for p in lb["ports"]] == ["8000"]
+    replica_name = next(n for n, s in services.items() if s is replica)
+    conf = (ROOT / mount_at(lb, "/etc/nginx/conf.d/default.conf")["source"]).read_text()
+    assert f"server {replica_name}:8000" in conf, "nginx must balance over the replica service"
+    assert replica_name in lb["depends_on"]
+
+
 # ---------------------------------------------------------------- real tools
 
 
@@ -512,6 +542,13 @@ def test_docker_compose_config_accepts_the_gpu_deployment() -> None:
     assert {"reid", "train", "prometheus"} <= set(services)
     assert gpu_devices(services["reid"]) and gpu_devices(services["train"])
     assert mount_at(services["reid"], "/models")["read_only"] is True
+
+
+def test_docker_compose_config_accepts_the_scale_profile() -> None:
+    resolved = run_compose_config("-f", str(COMPOSE), "--profile", "scale")
+    services = resolved["services"]
+    assert {"reid-replica", "lb", "milvus", "etcd", "minio"} <= set(services)
+    assert services["reid-replica"]["deploy"]["replicas"] >= 2
 
 
 def test_docker_compose_config_accepts_the_cpu_override() -> None:

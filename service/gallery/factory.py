@@ -9,6 +9,7 @@ import logging
 
 from service.gallery.base import Gallery, GalleryObserver
 from service.gallery.local import LocalGallery
+from service.gallery.milvus import MilvusConfig, MilvusGallery
 from service.index import IndexConfig
 from service.settings import Settings
 
@@ -24,6 +25,21 @@ def index_config(settings: Settings, use_gpu: bool, gpu_device: int = 0) -> Inde
         hnsw_ef_search=settings.hnsw_ef_search,
         use_gpu=use_gpu,
         gpu_device=gpu_device,
+    )
+
+
+def milvus_config(settings: Settings) -> MilvusConfig:
+    """Where Milvus is and how to talk to it, from the settings."""
+    return MilvusConfig(
+        uri=settings.milvus_location,
+        token=settings.milvus_token,
+        prefix=settings.milvus_collection_prefix,
+        index_type=settings.milvus_index,
+        hnsw_m=settings.hnsw_m,
+        hnsw_ef_construction=settings.hnsw_ef_construction,
+        hnsw_ef_search=settings.hnsw_ef_search,
+        timeout_s=settings.milvus_timeout_s,
+        connect_timeout_s=settings.milvus_connect_timeout_s,
     )
 
 
@@ -47,4 +63,6 @@ def open_gallery(
             store_crops=settings.store_crops,
             snapshots=settings.index_snapshots,
         )
-    raise ValueError(f"unknown gallery backend {backend!r}; valid: local")
+    if backend == "milvus":
+        return MilvusGallery.open(milvus_config(settings), embedding_dim, fingerprint, observer)
+    raise ValueError(f"unknown gallery backend {backend!r}; valid: local, milvus")

@@ -18,10 +18,17 @@ from service.app import create_app
 from service.settings import Settings
 
 AppFactory = Callable[..., TestClient]
+# The API contract runs on every gallery backend (milvus: Milvus Lite embedded on a file in tmp_path).
+BACKENDS = ["local", "milvus"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture()
-def make_client(tiny_checkpoint: Path, tmp_path: Path) -> Iterator[AppFactory]:
+def make_client(tiny_checkpoint: Path, tmp_path: Path, backend: str) -> Iterator[AppFactory]:
     """Factory: make_client(**settings) -> a started TestClient; all are closed at test end."""
     clients: list[TestClient] = []
 
@@ -34,6 +41,7 @@ def make_client(tiny_checkpoint: Path, tmp_path: Path) -> Iterator[AppFactory]:
             "max_delay_ms": 2,
             "warmup_batches": 1,
             "decode_workers": 2,
+            "gallery_backend": backend,
         }
         values.update(overrides)
         client = TestClient(create_app(Settings(**values)))

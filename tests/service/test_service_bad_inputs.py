@@ -3,6 +3,7 @@ and the gallery exactly as it was."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.service.conftest import BACKENDS
 from tests.support.images import encode, files_field, player_png
 
 LIMITS = {
@@ -90,6 +92,17 @@ CASES: dict[str, tuple[Callable[[], tuple[str, str, dict[str, Any]]], int, str]]
         "label_count_mismatch",
     ),
     "blank_label": (lambda: post_gallery(files_field(player_png(5)), labels=["  "]), 422, "invalid_label"),
+    "label_too_long": (lambda: post_gallery(files_field(player_png(5)), labels=["🙂" * 129]), 422, "invalid_label"),
+    "metadata_too_large": (
+        lambda: post_gallery(files_field(player_png(5)), labels=["p5"], metadata=[json.dumps({"x": "y" * 17_000})]),
+        422,
+        "metadata_too_large",
+    ),
+    "quotes_in_collection": (
+        lambda: post_gallery(files_field(player_png(5)), labels=["p5"], collection='base" or gallery != "'),
+        422,
+        "validation_error",
+    ),
     "wrong_file_field": (
         lambda: (
             "POST",
@@ -136,8 +149,10 @@ CASES: dict[str, tuple[Callable[[], tuple[str, str, dict[str, Any]]], int, str]]
 }
 
 
-@pytest.fixture(scope="module")
-def server(tiny_checkpoint: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(
+    request: pytest.FixtureRequest, tiny_checkpoint: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     # One app for all cases: also shows that one process survives the whole list of bad requests.
     import warnings
 
@@ -153,6 +168,7 @@ def server(tiny_checkpoint: Any, tmp_path_factory: pytest.TempPathFactory) -> It
         device="cpu",
         warmup_batches=1,
         max_batch_size=4,
+        gallery_backend=request.param,
         **LIMITS,
     )
     with TestClient(create_app(settings)) as client:

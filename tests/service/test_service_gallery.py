@@ -17,6 +17,7 @@ from service.gallery import (
     NewItem,
 )
 from service.gallery.local import LocalGallery
+from service.gallery.milvus import MilvusConfig, MilvusGallery
 from service.index import IndexConfig
 
 DIM = 16
@@ -40,10 +41,15 @@ def open_local(path: Path) -> OpenGallery:
     return lambda: LocalGallery.open(path / "gallery.sqlite3", DIM, "fp", IndexConfig(hnsw_min_size=1000))
 
 
-@pytest.fixture(params=["local"])
+def open_milvus(path: Path) -> OpenGallery:
+    """Milvus Lite embedded in this process, on a file in tmp_path (closing stops it, reopening reads the file)."""
+    return lambda: MilvusGallery.open(MilvusConfig(uri=str(path / "milvus.db")), DIM, "fp")
+
+
+@pytest.fixture(params=["local", "milvus"])
 def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> OpenGallery:
     """A function opening the backend's gallery on the same durable state each time it is called."""
-    openers: dict[str, Callable[[Path], OpenGallery]] = {"local": open_local}
+    openers: dict[str, Callable[[Path], OpenGallery]] = {"local": open_local, "milvus": open_milvus}
     return openers[request.param](tmp_path)
 
 

@@ -30,6 +30,12 @@ DIM = 16
 CONFIG = IndexConfig(hnsw_min_size=50, hnsw_m=8, hnsw_ef_construction=40, hnsw_ef_search=128)
 
 
+@pytest.fixture()
+def backend() -> str:
+    """Everything here is about the local backend's index, snapshots and stored crops."""
+    return "local"
+
+
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:
     """(n, DIM) float32 unit rows."""
     v = rng.standard_normal((n, DIM)).astype(np.float32)

@@ -9,7 +9,6 @@ Nothing heavy happens at import: the model, the store, the indexes and the batch
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -24,7 +23,7 @@ from PIL import Image
 from service.batching import DynamicBatcher
 from service.deps import ServiceState, ThresholdPolicy
 from service.docs import install_docs
-from service.embedder import Embedder
+from service.embedder import Embedder, file_sha256
 from service.errors import install_error_handlers
 from service.imaging import ImageLimits
 from service.index import FaissIndexRegistry, IndexConfig
@@ -45,14 +44,6 @@ Every error answers `{"error": code, "detail": message}`. When the server runs w
 in the `X-API-Key` header (or as `Authorization: Bearer <key>`) on every route except `/healthz`, `/readyz` and
 the docs.
 """
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def threshold_policy(settings: Settings, checkpoint_threshold: float | None) -> ThresholdPolicy:
@@ -86,8 +77,16 @@ async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceSt
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
 
-    embedder = await asyncio.to_thread(Embedder.from_checkpoint, checkpoint, settings.device)
     fingerprint = await asyncio.to_thread(file_sha256, checkpoint)
+    embedder = await asyncio.to_thread(
+        Embedder.from_checkpoint,
+        checkpoint,
+        settings.device,
+        settings.runtime,
+        fingerprint=fingerprint,
+        cache_dir=settings.onnx_cache_path,
+        threads=settings.torch_threads,
+    )
     store = await asyncio.to_thread(GalleryStore, settings.database_path, embedder.embedding_dim, fingerprint)
     index = FaissIndexRegistry(
         embedder.embedding_dim,
@@ -149,9 +148,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.reid = state
     state.ready = True
     logger.info(
-        "ready: %s on %s, threshold %.3f (%s)",
+        "ready: %s on %s with %s, threshold %.3f (%s)",
         state.embedder.spec.architecture,
         state.embedder.device,
+        state.embedder.runtime.name,
         state.threshold.value,
         state.threshold.source,
     )

@@ -439,6 +439,8 @@ async def info(state: StateDep) -> InfoResponse:
         checkpoint_threshold=state.threshold.checkpoint_value,
         device=embedder.device,
         autocast=embedder.autocast,
+        runtime=embedder.runtime,
+        runtime_reason=embedder.runtime_reason,
         format_version=spec.format_version,
         checkpoint=embedder.checkpoint.rsplit("/", 1)[-1],
         metrics=dict(spec.metrics),

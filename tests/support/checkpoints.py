@@ -1,4 +1,5 @@
-"""A tiny, deterministic checkpoint for service tests: OSNet-x0.25 at 64x32 input, random weights (seed 0)."""
+"""A tiny, deterministic checkpoint for service tests: OSNet-x0.25 at 64x32 input, random weights (seed 0);
+and its exported ONNX graph, placed where the service looks for it."""
 
 from __future__ import annotations
 
@@ -26,3 +27,18 @@ def make_tiny_checkpoint(path: Path, threshold: float | None = 0.9, seed: int = 
         train_meta={"purpose": "tests"},
     )
     return path
+
+
+def prepare_onnx_cache(checkpoint: Path, cache_dir: Path) -> Path:
+    """Export ``checkpoint``'s graph into ``cache_dir`` under the name the service's runtime looks up; returns it."""
+    from model import load_checkpoint
+    from model.export import export_onnx
+    from service.embedder import file_sha256
+    from service.runtime import cached_graph_path
+
+    fingerprint = file_sha256(checkpoint)
+    graph = cached_graph_path(cache_dir, fingerprint)
+    if not graph.is_file():
+        model, spec = load_checkpoint(checkpoint)
+        export_onnx(model, spec, graph, fingerprint=fingerprint)
+    return graph

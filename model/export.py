@@ -5,7 +5,7 @@ L2-normalised: scaling to [0, 1] and the mean/std normalisation stay inside the 
 ``ReIDModel.embed``. The checkpoint's spec (the model card) travels as ONNX ``metadata_props``.
 
     model, spec = load_checkpoint("models/osnet.safetensors")
-    export_onnx(model, spec, Path("models/osnet.onnx"), fingerprint=file_sha256(...))
+    export_onnx(model, spec, Path("models/osnet.onnx"), fingerprint=file_sha256("models/osnet.safetensors"))
 
 Only torch is imported at module level: ``onnx`` (needed by torch's exporter) and ``onnxruntime`` (used to check
 the written graph against torch) are imported inside the functions, so ``model`` works without them.

@@ -20,10 +20,11 @@ import torch
 from fastapi import FastAPI
 from PIL import Image
 
+from model.checkpoint import file_sha256
 from service.batching import DynamicBatcher
 from service.deps import ServiceState, ThresholdPolicy
 from service.docs import install_docs
-from service.embedder import Embedder, file_sha256
+from service.embedder import Embedder
 from service.errors import install_error_handlers
 from service.imaging import ImageLimits
 from service.index import FaissIndexRegistry, IndexConfig

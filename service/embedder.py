@@ -6,7 +6,6 @@ It is called from exactly one thread (the batcher's worker), so it needs no lock
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from model import CheckpointSpec
+from model.checkpoint import file_sha256
 from model.device import resolve_device
 from service.runtime import EmbeddingRuntime, load_runtime
 
@@ -124,12 +124,3 @@ class Embedder:
         elapsed = time.perf_counter() - start
         logger.info("warm-up with batch sizes %s took %.2f s", batch_sizes, elapsed)
         return elapsed
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (the checkpoint's fingerprint)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -87,8 +87,15 @@ class OnnxRuntime:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.providers = execution_providers(device, cache_dir, ort.get_available_providers())
-        self.session = ort.InferenceSession(str(graph), options, providers=self.providers)
+        providers = execution_providers(device, cache_dir, ort.get_available_providers())
+        try:
+            self.session = ort.InferenceSession(str(graph), options, providers=providers)
+        except Exception as exc:
+            if device.type != "cuda" or providers[0][0] != "TensorrtExecutionProvider":
+                raise
+            # onnxruntime-gpu lists TensorRT even where the TensorRT libraries are missing: go on with CUDA.
+            logger.warning("TensorRT provider failed (%s); using the CUDA provider", exc)
+            self.session = ort.InferenceSession(str(graph), options, providers=providers[1:])
         self.providers = [p if isinstance(p, str) else p[0] for p in self.session.get_providers()]
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
 

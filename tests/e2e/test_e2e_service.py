@@ -186,5 +186,8 @@ def test_reid_serve_cli_serves_with_env_settings(tiny_checkpoint: Path, tmp_path
     with LiveServer(env, use_cli=True, log_path=tmp_path / "cli.log") as server, server.client() as client:
         info = client.get("/info").json()
         assert (info["threshold"], info["threshold_source"]) == (0.25, "env")
+        # The default on a CPU: onnxruntime, said in /info and in the start-up log.
+        assert info["runtime"] == "onnxruntime"
         register(client, "cli", [4])
     assert (tmp_path / "cli-data" / "gallery.sqlite3").is_file()
+    assert "runtime onnxruntime (auto on CPU" in server.logs()

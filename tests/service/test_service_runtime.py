@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from model.checkpoint import file_sha256
 from model.export import MIN_COSINE
-from service.embedder import Embedder, file_sha256
+from service.embedder import Embedder
 from service.imaging import ImageLimits, decode_crop
 from service.runtime import RuntimeUnavailable, cached_graph_path
 from service.settings import Settings

@@ -32,8 +32,8 @@ def make_tiny_checkpoint(path: Path, threshold: float | None = 0.9, seed: int = 
 def prepare_onnx_cache(checkpoint: Path, cache_dir: Path) -> Path:
     """Export ``checkpoint``'s graph into ``cache_dir`` under the name the service's runtime looks up; returns it."""
     from model import load_checkpoint
+    from model.checkpoint import file_sha256
     from model.export import export_onnx
-    from service.embedder import file_sha256
     from service.runtime import cached_graph_path
 
     fingerprint = file_sha256(checkpoint)

@@ -100,3 +100,23 @@ def test_reid_train_rejects_unknown_key_with_usage_error(capsys: pytest.CaptureF
         train_main(["optim.lrr=0.1"])
     assert info.value.code == 2
     assert "lrr" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_reid_export_onnx_writes_the_graph_the_service_serves(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    from model.checkpoint import file_sha256
+    from model.export import FINGERPRINT_KEY, INPUT_NAME, read_onnx_metadata, spec_from_metadata
+    from service.embedder import Embedder
+
+    dst = tmp_path / "tiny.onnx"
+    assert export_main([str(tiny_checkpoint), "--format", "onnx", "--out", str(dst)]) == 0
+    metadata = read_onnx_metadata(dst)
+    assert spec_from_metadata(metadata) == read_checkpoint_spec(tiny_checkpoint)
+    assert metadata[FINGERPRINT_KEY] == file_sha256(tiny_checkpoint)
+    crops = np.random.default_rng(0).integers(0, 256, size=(3, 3, 64, 32), dtype=np.uint8)
+    (got,) = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: crops})
+    expected = Embedder.from_checkpoint(tiny_checkpoint, "cpu", "torch").embed_batch(crops)
+    assert np.min(np.sum(got * expected, axis=1)) >= 0.9999

@@ -143,7 +143,10 @@ def export_onnx(
         raise
     except Exception as exc:  # the exporter raises many error types; all mean "this model does not export"
         tmp.unlink(missing_ok=True)
-        raise OnnxExportError(f"{spec.architecture}: ONNX export failed: {type(exc).__name__}: {exc}") from exc
+        # Exporter messages run to pages (graphs, stack dumps): the first line names the cause, for one log line.
+        logger.debug("ONNX export of %s failed", spec.architecture, exc_info=True)
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise OnnxExportError(f"{spec.architecture}: ONNX export failed: {type(exc).__name__}: {first_line}") from exc
     finally:
         for module, value in zip(
             (m for m in model.modules() if isinstance(m, CompactBilinearPooling)), previous, strict=True

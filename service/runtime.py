@@ -225,7 +225,6 @@ def _onnx_runtime(
     if runtime is None:
         model, spec = load_checkpoint(checkpoint, device="cpu")
         _check_input_size(checkpoint, model, spec)
-        # Export with the serving thread count: the export's own check runs a forward pass.
         try:
             export_onnx(model, spec, graph, fingerprint=fingerprint)
         except OnnxExportError as exc:

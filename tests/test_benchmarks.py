@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import embed_throughput, index_scale, profile_hot_path, service_load
+from benchmarks import embed_throughput, index_scale, profile_hot_path, runtime_compare, service_load
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +69,13 @@ def test_service_load_quick(tmp_path: Path) -> None:
         assert 1 <= point["mean_batch_size"] <= point["max_batch_size"]
     assert _positive(data["ratios"]["service_over_raw_at_saturation"])
     assert _positive(data["ratios"]["batched_over_unbatched_at_c4"])
+
+
+def test_runtime_compare_quick(tmp_path: Path) -> None:
+    data = _run(runtime_compare.main, tmp_path / "runtimes.json")
+    assert set(data["raw"]) == {"torch", "onnxruntime"}
+    assert [r["measure"] for r in data["rows"]][:2] == ["raw embed_batch, batch 1", "raw embed_batch, batch 4"]
+    for row in data["rows"]:
+        assert _positive(row["torch"]) and _positive(row["onnxruntime"]) and _positive(row["ratio"])
+    for points in data["points"].values():
+        assert all(p["errors"] == 0 and p["requests"] >= 1 for p in points)

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--multi-crops", type=int, default=32)
     parser.add_argument("--duration", type=float, default=6.0, help="seconds of load per point")
     parser.add_argument("--gallery", type=int, default=64)
+    parser.add_argument("--onnx-cache-dir", type=Path, default=None, help="reuse exported graphs (default: a temp dir)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     if args.quick:
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint, input_size = bench_checkpoint(
             args.checkpoint, Path(tmp), args.architecture, (args.height, args.width)
         )
-        cache = Path(tmp) / "onnx"
+        cache = args.onnx_cache_dir or Path(tmp) / "onnx"
         for runtime in RUNTIMES:  # the ONNX export happens here, outside every timed window
             raw[runtime] = raw_throughput(checkpoint, args.raw_batches, args.threads, args.raw_seconds, runtime, cache)
         for runtime in RUNTIMES:
@@ -104,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             "checkpoint": args.checkpoint.name if args.checkpoint else "random init (seed 0)",
             "input_size": list(input_size),
         },
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "log_level", "checkpoint")},
+        "settings": {
+            k: v for k, v in vars(args).items() if k not in ("out", "log_level", "checkpoint", "onnx_cache_dir")
+        },
         "raw": raw,
         "points": {r: [asdict(p) for p in ps] for r, ps in points.items()},
         "rows": rows,

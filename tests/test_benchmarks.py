@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,10 @@ def test_service_load_quick(tmp_path: Path) -> None:
     assert _positive(data["ratios"]["batched_over_unbatched_at_c4"])
 
 
-def test_runtime_compare_quick(tmp_path: Path) -> None:
-    data = _run(runtime_compare.main, tmp_path / "runtimes.json")
+def test_runtime_compare_quick(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    # The tiny checkpoint's graph is already in the session cache: no second export.
+    cache = ["--checkpoint", str(tiny_checkpoint), "--onnx-cache-dir", os.environ["REID_ONNX_CACHE_DIR"]]
+    data = _run(lambda argv: runtime_compare.main([*argv, *cache]), tmp_path / "runtimes.json")
     assert set(data["raw"]) == {"torch", "onnxruntime"}
     assert [r["measure"] for r in data["rows"]][:2] == ["raw embed_batch, batch 1", "raw embed_batch, batch 4"]
     for row in data["rows"]:

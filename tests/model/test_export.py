@@ -2,9 +2,10 @@
 
 Tiny inputs (32x16) and random weights with randomised batch-norm statistics, so a graph exported in training
 mode (batch statistics) or with the normalisation left out would not match. Each export takes 10-50 s of a
-shared 2-core machine, so the default run covers osnet_x0_25 and pose_bilinear (whose ResNet-50 backbone,
-OpenPose stream and Tensor Sketch cover every layer type of the others); RUN_SLOW_TESTS=1 adds osnet_x1_0 and
-resnet50. The service checks every graph it exports against torch before serving it (export_onnx verify=True).
+shared 2-core machine, so the default run covers pose_bilinear (whose ResNet-50 backbone, OpenPose stream and
+Tensor Sketch cover the layer types of resnet50) here, and osnet_x0_25 through the service's graph of the tiny
+checkpoint (tests/service/test_service_runtime.py, tests/training/test_cli.py); RUN_SLOW_TESTS=1 adds osnet_x0_25,
+osnet_x1_0 and resnet50 here. The service checks every graph it exports against torch before serving it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ _SLOW = pytest.mark.skipif(
     os.environ.get("RUN_SLOW_TESTS") != "1", reason="another minute of export: set RUN_SLOW_TESTS=1 to run it"
 )
 ARCHITECTURES = [
-    pytest.param("osnet_x0_25", {}, id="osnet_x0_25"),
+    pytest.param("osnet_x0_25", {}, id="osnet_x0_25", marks=_SLOW),
     pytest.param("pose_bilinear", {"pose_stages": 1, "embedding_dim": 64}, id="pose_bilinear"),
     pytest.param("osnet_x1_0", {"neck": "none"}, id="osnet_x1_0", marks=_SLOW),
     pytest.param("resnet50", {"layer_wise": ["layer3"]}, id="resnet50", marks=_SLOW),

@@ -30,15 +30,13 @@ def make_tiny_checkpoint(path: Path, threshold: float | None = 0.9, seed: int = 
 
 
 def prepare_onnx_cache(checkpoint: Path, cache_dir: Path) -> Path:
-    """Export ``checkpoint``'s graph into ``cache_dir`` under the name the service's runtime looks up; returns it."""
-    from model import load_checkpoint
+    """Export ``checkpoint``'s graph with ``reid-export --format onnx`` into ``cache_dir``, under the name the
+    service's runtime looks up (tests/training/test_cli.py checks that graph); returns its path."""
     from model.checkpoint import file_sha256
-    from model.export import export_onnx
     from service.runtime import cached_graph_path
+    from training.cli import export_main
 
-    fingerprint = file_sha256(checkpoint)
-    graph = cached_graph_path(cache_dir, fingerprint)
-    if not graph.is_file():
-        model, spec = load_checkpoint(checkpoint)
-        export_onnx(model, spec, graph, fingerprint=fingerprint)
+    graph = cached_graph_path(cache_dir, file_sha256(checkpoint))
+    if not graph.is_file() and export_main([str(checkpoint), "--format", "onnx", "--out", str(graph)]) != 0:
+        raise RuntimeError(f"reid-export --format onnx failed for {checkpoint}")
     return graph

@@ -5,16 +5,20 @@ adds bf16 autocast and, with --compile, torch.compile; on CPU those rows are onl
 
     .venv/bin/python -m benchmarks.embed_throughput --out benchmarks/results/embed_throughput.json
     .venv/bin/python -m benchmarks.embed_throughput --device cuda --compile --batch 128   # on a GPU machine
+    .venv/bin/python -m benchmarks.embed_throughput --runtime torch onnxruntime --threads 1 --out /tmp/embed_rt.json
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from benchmarks.common import (
@@ -28,7 +32,7 @@ from benchmarks.common import (
 
 ensure_repo_on_path()
 
-from model import ARCHITECTURES, build_model  # noqa: E402
+from model import ARCHITECTURES, ReIDModel, build_model  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ SLOW_ARCHITECTURES = {"pose_bilinear": 8}
 
 @dataclass
 class ThroughputRow:
+    runtime: str
     architecture: str
     device: str
     batch: int
@@ -87,6 +92,33 @@ def measure(
     return min(times), len(times)
 
 
+def measure_onnx(
+    model: ReIDModel, batch: int, input_size: tuple[int, int], threads: int, min_batches: int, max_seconds: float
+) -> tuple[float, int]:
+    """Seconds per batch of the model's exported graph in onnxruntime on the CPU (fastest timed batch)."""
+    import onnxruntime as ort
+
+    from model.checkpoint import spec_for
+    from model.export import INPUT_NAME, export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="reid-bench-onnx-") as tmp:
+        graph = export_onnx(model, spec_for(model), Path(tmp) / "model.onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).integers(0, 256, size=(batch, 3, *input_size), dtype=np.uint8)
+    for _ in range(2):
+        session.run(None, {INPUT_NAME: x})
+    times: list[float] = []
+    deadline = time.perf_counter() + max_seconds
+    while len(times) < min_batches or (time.perf_counter() < deadline and len(times) < 50):
+        start = time.perf_counter()
+        session.run(None, {INPUT_NAME: x})
+        times.append(time.perf_counter() - start)
+    return min(times), len(times)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0], "embed_throughput.json")
     parser.add_argument("--architectures", nargs="+", default=sorted(ARCHITECTURES))
@@ -99,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=15.0, help="time budget per configuration")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on CPU)")
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast (default on CUDA only)")
+    parser.add_argument(
+        "--runtime",
+        nargs="+",
+        default=["torch"],
+        choices=["torch", "onnxruntime"],
+        help="onnxruntime: the exported graph (model/export.py) on the CPU, --threads intra-op threads",
+    )
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     if args.quick:
@@ -117,6 +156,18 @@ def main(argv: list[str] | None = None) -> int:
         batch = min(args.batch, SLOW_ARCHITECTURES.get(name, args.batch))
         torch.manual_seed(0)
         base = build_model(name, num_classes=0, input_size=input_size).eval().to(device)
+        if "onnxruntime" in args.runtime:
+            seconds, timed = measure_onnx(
+                base, batch, input_size, args.threads or torch.get_num_threads(), args.min_batches, args.max_seconds
+            )
+            row = ThroughputRow(
+                "onnxruntime", name, "cpu", batch, False, None, False, timed, batch / seconds, seconds * 1000,
+                int(base.embedding_dim),
+            )
+            rows.append(row)
+            logger.info("%s", row)
+        if "torch" not in args.runtime:
+            continue
         variants: list[tuple[bool, bool]] = [(False, False), (True, False)]
         if args.compile:
             variants += [(False, True), (True, True)]
@@ -130,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                     min_batches=args.min_batches, max_seconds=args.max_seconds,
                 )
                 row = ThroughputRow(
-                    name, str(device), batch, channels_last, None if dtype is None else "bf16", compiled, timed,
-                    batch / seconds, seconds * 1000, int(base.embedding_dim),
+                    "torch", name, str(device), batch, channels_last, None if dtype is None else "bf16", compiled,
+                    timed, batch / seconds, seconds * 1000, int(base.embedding_dim),
                 )
                 rows.append(row)
                 logger.info("%s", row)
@@ -148,9 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     write_results(args.out, payload)
     print(
         markdown_table(
-            ["architecture", "D", "device", "batch", "channels_last", "autocast", "compile", "crops/s", "ms/batch"],
+            ["runtime", "architecture", "D", "device", "batch", "channels_last", "autocast", "compile", "crops/s",
+             "ms/batch"],
             [
-                (r.architecture, r.embedding_dim, r.device, r.batch, r.channels_last, r.autocast or "fp32",
+                (r.runtime, r.architecture, r.embedding_dim, r.device, r.batch, r.channels_last, r.autocast or "fp32",
                  r.compiled, r.crops_per_s, r.ms_per_batch)
                 for r in rows
             ],

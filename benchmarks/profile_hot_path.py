@@ -7,6 +7,8 @@ store; medians over --repeats runs. osnet_x0_25 at 256x128 with random weights, 
 
     .venv/bin/python -m benchmarks.profile_hot_path --out benchmarks/results/profile_hot_path.json
     .venv/bin/python -m benchmarks.profile_hot_path --crop-width 256 --crop-height 512 --out /tmp/profile_big.json
+    .venv/bin/python -m benchmarks.profile_hot_path --runtime onnxruntime \\
+        --out benchmarks/results/profile_hot_path_onnxruntime.json
 """
 
 from __future__ import annotations
@@ -100,10 +102,12 @@ def stage_times(
     batch = np.stack(arrays)
     out["np.stack (batcher)"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    tensor = torch.from_numpy(batch).float().div_(255.0)
-    embedder.model.normalise(tensor)
-    out["to float tensor + normalise"] = time.perf_counter() - t
+    model = getattr(embedder.runtime, "model", None)
+    if model is not None:  # torch; in onnxruntime the normalisation is part of the graph
+        t = time.perf_counter()
+        tensor = torch.from_numpy(batch).float().div_(255.0)
+        model.normalise(tensor)
+        out["to float tensor + normalise"] = time.perf_counter() - t
 
     t = time.perf_counter()
     embeddings = embedder.embed_batch(batch)
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--decode-workers", type=int, default=Settings.model_fields["decode_workers"].default)
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"], help="REID_RUNTIME")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     if args.quick:
@@ -148,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="reid-bench-profile-") as tmp:
         checkpoint = make_checkpoint(Path(tmp) / "bench.safetensors", "osnet_x0_25", (args.height, args.width))
-        embedder = Embedder.from_checkpoint(checkpoint, "cpu")
+        cache = Path(tmp) / "onnx"
+        embedder = Embedder.from_checkpoint(checkpoint, "cpu", args.runtime, cache_dir=cache, threads=args.threads)
         embedder.warm_up([1, args.crops])
         dim = embedder.embedding_dim
         rng = np.random.default_rng(0)
@@ -170,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
         settings = Settings(
             checkpoint=checkpoint, data_dir=data_dir, device="cpu", torch_threads=args.threads, warmup_batches=2,
-            decode_workers=args.decode_workers,
+            decode_workers=args.decode_workers, runtime=args.runtime, onnx_cache_dir=cache,
         )
         with TestClient(create_app(settings)) as client:
             request_time(client, payloads)  # warm-up
@@ -189,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "machine": machine_info(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "log_level")},
+        "runtime": args.runtime,
         "stages_ms": stages,
         "hot_path_sum_ms": path_ms,
         "http_request_ms": http_ms,
@@ -200,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(("whole POST /query through the ASGI app", http_ms, 100.0))
     rows.append(("rest: HTTP, multipart, routing, response (whole - path)", http_ms - path_ms,
                  (http_ms - path_ms) / http_ms * 100))
-    print(f"{args.crops} crops of {crop_size[0]}x{crop_size[1]} JPEG -> {args.height}x{args.width}, "
+    print(f"{args.runtime}: {args.crops} crops of {crop_size[0]}x{crop_size[1]} JPEG -> {args.height}x{args.width}, "
           f"gallery {args.gallery} x {dim}")
     print(markdown_table(["stage", "median ms", "% of request"], rows))
     return 0

@@ -136,6 +136,18 @@ def tracklet_section(data: dict[str, Any]) -> str:
     return f"Machine: {_machine(data)}.\n\n{tracklet_tables(data)}"
 
 
+def runtime_section(data: dict[str, Any]) -> str:
+    m, model = data["settings"], data["model"]
+    return (
+        f"Machine: {_machine(data)}; {model['checkpoint']}, input {model['input_size'][0]}x{model['input_size'][1]}, "
+        f"{m['threads']} intra-op thread(s) for both runtimes, {m['duration']} s per HTTP point.\n\n"
+        + markdown_table(
+            ["measure", "torch", "onnxruntime", "onnxruntime / torch"],
+            [(r["measure"], r["torch"], r["onnxruntime"], r["ratio"]) for r in data["rows"]],
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
@@ -150,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         ("profile_hot_path", "Hot path, one 32-crop query", profile_section),
         ("profile_hot_path_large", "Hot path, one 32-crop query, large uploads", profile_section),
         ("tracklet_accuracy", "Tracklet queries on CUHK03", tracklet_section),
+        ("runtime_compare_osnet_x0_25", "torch vs onnxruntime, osnet_x0_25 (Market-1501 weights)", runtime_section),
+        ("runtime_compare_resnet50", "torch vs onnxruntime, resnet50 (random init)", runtime_section),
+        ("profile_hot_path_onnxruntime", "Hot path, one 32-crop query, onnxruntime", profile_section),
+        ("profile_hot_path_torch_1thread", "Hot path, one 32-crop query, torch (same run)", profile_section),
     ]
     for name, title, render in sections:
         data = _load(args.results, name)

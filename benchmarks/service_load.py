@@ -17,6 +17,10 @@ few dozen crops so search and SQLite cost little next to the model.
     .venv/bin/python -m benchmarks.service_load --quick --out /tmp/service_quick.json
     .venv/bin/python -m benchmarks.service_load --concurrency 1 --multi-concurrency 1 --tracklet-concurrency 1 \
         --duration 4 --out benchmarks/results/service_load_tracklets.json     # the tracklet point, briefly
+    .venv/bin/python -m benchmarks.service_load --runtime onnxruntime --out /tmp/service_onnx.json
+
+--runtime is REID_RUNTIME for the server and the raw model alike (default torch, as the committed results);
+benchmarks/runtime_compare.py runs torch and onnxruntime side by side in one run.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from benchmarks.common import (
 
 ensure_repo_on_path()
 
-from model import build_model, save_checkpoint  # noqa: E402
+from model import build_model, read_checkpoint_spec, save_checkpoint  # noqa: E402
 from service.embedder import Embedder  # noqa: E402
 from tests.support.images import encode, files_field, player_crop  # noqa: E402
 from tests.support.live_server import LiveServer, server_env  # noqa: E402
@@ -82,17 +86,33 @@ def make_checkpoint(path: Path, architecture: str, input_size: tuple[int, int]) 
     return path
 
 
+def bench_checkpoint(
+    given: Path | None, folder: Path, architecture: str, input_size: tuple[int, int]
+) -> tuple[Path, tuple[int, int]]:
+    """The checkpoint to serve and its input size: ``given`` as is, else a random-init one written to ``folder``."""
+    if given is not None:
+        spec = read_checkpoint_spec(given)
+        return given, (spec.preprocess.height, spec.preprocess.width)
+    return make_checkpoint(folder / "bench.safetensors", architecture, input_size), input_size
+
+
 def raw_throughput(
-    checkpoint: Path, batch_sizes: list[int], threads: int, min_seconds: float
+    checkpoint: Path,
+    batch_sizes: list[int],
+    threads: int,
+    min_seconds: float,
+    runtime: str = "torch",
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Best in-process crops/s of Embedder.embed_batch over the batch sizes (same code path as the service).
 
     Per batch size: the fastest of 1 s windows within min_seconds, as the CPU may be shared with other jobs.
+    ``runtime`` and ``cache_dir`` (the exported graph's folder) are the service's REID_RUNTIME / REID_ONNX_CACHE_DIR.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        embedder = Embedder.from_checkpoint(checkpoint, "cpu")
+        embedder = Embedder.from_checkpoint(checkpoint, "cpu", runtime, cache_dir=cache_dir, threads=threads)
         rng = np.random.default_rng(0)
         per_batch: dict[str, float] = {}
         for size in batch_sizes:
@@ -116,8 +136,15 @@ def raw_throughput(
     return {"per_batch_crops_per_s": per_batch, "best_batch": int(best), "best_crops_per_s": per_batch[best]}
 
 
-def _best_raw(checkpoint: Path, batch_sizes: list[int], thread_counts: list[int], seconds: float) -> dict[str, Any]:
-    runs = {str(t): raw_throughput(checkpoint, batch_sizes, t, seconds) for t in thread_counts}
+def _best_raw(
+    checkpoint: Path,
+    batch_sizes: list[int],
+    thread_counts: list[int],
+    seconds: float,
+    runtime: str = "torch",
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    runs = {str(t): raw_throughput(checkpoint, batch_sizes, t, seconds, runtime, cache_dir) for t in thread_counts}
     best_threads = max(runs, key=lambda t: runs[t]["best_crops_per_s"])
     return {**runs[best_threads], "threads": int(best_threads), "by_threads": runs}
 
@@ -229,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=5.0)
     parser.add_argument("--gallery", type=int, default=64, help="crops registered before the queries")
     parser.add_argument("--raw-batches", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime", "auto"], help="REID_RUNTIME")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="serve this checkpoint (default: random init)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     if args.quick:
@@ -240,12 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     payloads = [encode(player_crop(p, v), "JPEG", quality=90) for p in range(12) for v in range(6)]
 
     with tempfile.TemporaryDirectory(prefix="reid-bench-service-") as tmp:
-        checkpoint = make_checkpoint(Path(tmp) / "bench.safetensors", args.architecture, input_size)
+        checkpoint, input_size = bench_checkpoint(args.checkpoint, Path(tmp), args.architecture, input_size)
+        cache = Path(tmp) / "onnx"  # shared by the raw embedder and the servers: the graph is exported once
         raw_seconds = 0.2 if args.quick else 4.0
         # Raw model at 1 thread and at the server's thread count: on a shared CPU, 2 OpenMP threads on 2 busy
         # cores can be far slower than 1 (barrier waits on a descheduled thread); the best is the reference.
         raw_threads = sorted({1, args.threads})
-        raw_before = _best_raw(checkpoint, args.raw_batches, raw_threads, raw_seconds)
+        raw_before = _best_raw(checkpoint, args.raw_batches, raw_threads, raw_seconds, args.runtime, cache)
         if args.tracklet_concurrency and args.multi_crops % args.tracklets:
             parser.error(f"--multi-crops {args.multi_crops} is not a multiple of --tracklets {args.tracklets}")
         plan = (
@@ -268,13 +298,15 @@ def main(argv: list[str] | None = None) -> int:
                 OMP_NUM_THREADS=str(args.threads),
                 REID_WARMUP_BATCHES="2",
                 REID_LOG_LEVEL="WARNING",
+                REID_RUNTIME=args.runtime,
+                REID_ONNX_CACHE_DIR=str(cache),
             )
             with LiveServer(env, log_path=Path(tmp) / f"server-{mode}.log") as server:
                 populate(server, payloads, args.gallery)
                 points += sweep(server, mode, max_batch, payloads, mode_plan, args.duration)
 
         # Measured again after the load: the CPU is shared, and the better of the two is the model's capability.
-        raw_after = _best_raw(checkpoint, args.raw_batches, raw_threads, raw_seconds)
+        raw_after = _best_raw(checkpoint, args.raw_batches, raw_threads, raw_seconds, args.runtime, cache)
     raw = max(raw_before, raw_after, key=lambda r: r["best_crops_per_s"])
     raw = {**raw, "before_load": raw_before, "after_load": raw_after}
     batched = [p for p in points if p.mode == "batched"]
@@ -294,7 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "service_load",
         "quick": args.quick,
         "machine": machine_info(),
-        "model": {"architecture": args.architecture, "input_size": list(input_size), "weights": "random (seed 0)"},
+        "model": {
+            "architecture": args.architecture,
+            "input_size": list(input_size),
+            "weights": str(args.checkpoint.name) if args.checkpoint else "random (seed 0)",
+        },
+        "runtime": args.runtime,
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "log_level")},
         "raw": raw,
         "points": [asdict(p) for p in points],

@@ -15,6 +15,7 @@ state (optimizer, epoch) lives in a separate file owned by training/.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -103,6 +104,15 @@ class CheckpointSpec:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{source}: malformed metadata: {exc}") from exc
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file read in 1 MiB chunks: a checkpoint's fingerprint (gallery store, ONNX graph cache)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def spec_for(

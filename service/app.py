@@ -9,7 +9,6 @@ Nothing heavy happens at import: the model, the store, the indexes and the batch
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ import torch
 from fastapi import FastAPI
 from PIL import Image
 
+from model.checkpoint import file_sha256
 from service.batching import DynamicBatcher
 from service.deps import ServiceState, ThresholdPolicy
 from service.docs import install_docs
@@ -45,14 +45,6 @@ Every error answers `{"error": code, "detail": message}`. When the server runs w
 in the `X-API-Key` header (or as `Authorization: Bearer <key>`) on every route except `/healthz`, `/readyz` and
 the docs.
 """
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def threshold_policy(
@@ -97,8 +89,16 @@ async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceSt
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
 
-    embedder = await asyncio.to_thread(Embedder.from_checkpoint, checkpoint, settings.device)
     fingerprint = await asyncio.to_thread(file_sha256, checkpoint)
+    embedder = await asyncio.to_thread(
+        Embedder.from_checkpoint,
+        checkpoint,
+        settings.device,
+        settings.runtime,
+        fingerprint=fingerprint,
+        cache_dir=settings.onnx_cache_path,
+        threads=settings.torch_threads,
+    )
     on_gpu = embedder.device.type == "cuda"
     # FAISS follows REID_DEVICE: cuda:N puts the GPU indexes on device N (plain "cuda" is torch's current one).
     gpu_device = (
@@ -154,9 +154,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.reid = state
     state.ready = True
     logger.info(
-        "ready: %s on %s, threshold %.3f (%s)",
+        "ready: %s on %s with %s, threshold %.3f (%s)",
         state.embedder.spec.architecture,
         state.embedder.device,
+        state.embedder.runtime.name,
         state.threshold.value,
         state.threshold.source,
     )

@@ -461,6 +461,8 @@ async def info(state: StateDep) -> InfoResponse:
         calibration=dict(spec.calibration) or None,
         device=embedder.device,
         autocast=embedder.autocast,
+        runtime=embedder.runtime,
+        runtime_reason=embedder.runtime_reason,
         format_version=spec.format_version,
         checkpoint=embedder.checkpoint.rsplit("/", 1)[-1],
         metrics=dict(spec.metrics),

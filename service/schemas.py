@@ -175,6 +175,11 @@ class InfoResponse(BaseModel):
     )
     device: str = Field(description="Where inference runs.", examples=["cuda:0"])
     autocast: str | None = Field(description="Autocast dtype on GPU, null on CPU.", examples=["bfloat16"])
+    runtime: str = Field(description="Inference runtime serving: torch or onnxruntime.", examples=["onnxruntime"])
+    runtime_reason: str = Field(
+        description="Why this runtime serves (REID_RUNTIME, graph cache, providers, threads or fallback cause).",
+        examples=["auto on CPU: cached graph 3f1c.v1.onnx, providers CPUExecutionProvider, 1 intra-op threads"],
+    )
     format_version: int = Field(description="Checkpoint format version.", examples=[1])
     checkpoint: str = Field(description="Checkpoint file name.", examples=["osnet_x0_25_soccernet.safetensors"])
     metrics: dict[str, Any] = Field(

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 logger = logging.getLogger(__name__)
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_RUNTIME_PATTERN = re.compile(r"^(auto|torch|onnxruntime)$")
 
 
 class Settings(BaseSettings):
@@ -55,6 +56,14 @@ class Settings(BaseSettings):
         default=60.0, ge=0.0, description="How long start-up waits for Milvus to answer."
     )
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    runtime: str = Field(
+        default="auto",
+        description="auto | torch | onnxruntime. auto: onnxruntime on the CPU where the architecture exports "
+        "(else torch, with a warning), torch on CUDA.",
+    )
+    onnx_cache_dir: Path | None = Field(
+        default=None, description="Folder of exported ONNX graphs, by checkpoint sha256 (default: DATA_DIR/onnx)."
+    )
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="Largest inference batch (crops).")
     max_delay_ms: float = Field(
         default=5.0, ge=0.0, le=10_000.0, description="How long the batcher waits to fill a batch."
@@ -95,7 +104,9 @@ class Settings(BaseSettings):
     warmup_batches: int = Field(default=2, ge=0, description="Dummy batches run before /readyz turns 200.")
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 503 overloaded.")
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
-    torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads (CPU).")
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="Intra-op threads of the inference runtime, torch or onnxruntime (CPU)."
+    )
 
     @field_validator("device")
     @classmethod
@@ -103,6 +114,14 @@ class Settings(BaseSettings):
         value = value.strip().lower()
         if not _DEVICE_PATTERN.match(value):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("runtime")
+    @classmethod
+    def _check_runtime(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _RUNTIME_PATTERN.match(value):
+            raise ValueError(f"runtime must be auto, torch or onnxruntime, got {value!r}")
         return value
 
     @field_validator("api_key", "milvus_token")
@@ -115,6 +134,11 @@ class Settings(BaseSettings):
     def milvus_location(self) -> str:
         """REID_MILVUS_URI, or the embedded Milvus Lite file in the data folder when unset."""
         return self.milvus_uri or str(self.data_dir / "milvus.db")
+
+    @property
+    def onnx_cache_path(self) -> Path:
+        """Where exported ONNX graphs are cached."""
+        return self.onnx_cache_dir if self.onnx_cache_dir is not None else self.data_dir / "onnx"
 
     @property
     def database_path(self) -> Path:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,11 +26,24 @@ def shared_file(name: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """OSNet-x0.25 at 64x32, random weights with seed 0, checkpoint threshold 0.9: built once per test run."""
-    from tests.support.checkpoints import make_tiny_checkpoint
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """OSNet-x0.25 at 64x32, random weights with seed 0, checkpoint threshold 0.9: built once per test run.
 
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+    Its ONNX graph is exported here too, once, into a session-wide cache that REID_ONNX_CACHE_DIR points every
+    app and server of the run at (they default to onnxruntime on the CPU): without it each test's fresh data dir
+    would pay the export (seconds) again.
+    """
+    from tests.support.checkpoints import make_tiny_checkpoint, prepare_onnx_cache
+
+    checkpoint = make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+    previous = os.environ.get("REID_ONNX_CACHE_DIR")
+    cache = os.environ["REID_ONNX_CACHE_DIR"] = str(tmp_path_factory.mktemp("onnx-cache"))
+    prepare_onnx_cache(checkpoint, Path(cache))
+    yield checkpoint
+    if previous is None:
+        os.environ.pop("REID_ONNX_CACHE_DIR", None)
+    else:
+        os.environ["REID_ONNX_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

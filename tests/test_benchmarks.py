@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks import embed_throughput, index_lifecycle, index_scale, profile_hot_path, service_load
+from benchmarks import (
+    embed_throughput,
+    index_lifecycle,
+    index_scale,
+    profile_hot_path,
+    runtime_compare,
+    service_load,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -80,3 +88,15 @@ def test_service_load_quick(tmp_path: Path) -> None:
         assert 1 <= point["mean_batch_size"] <= point["max_batch_size"]
     assert _positive(data["ratios"]["service_over_raw_at_saturation"])
     assert _positive(data["ratios"]["batched_over_unbatched_at_c4"])
+
+
+def test_runtime_compare_quick(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    # The tiny checkpoint's graph is already in the session cache: no second export.
+    cache = ["--checkpoint", str(tiny_checkpoint), "--onnx-cache-dir", os.environ["REID_ONNX_CACHE_DIR"]]
+    data = _run(lambda argv: runtime_compare.main([*argv, *cache]), tmp_path / "runtimes.json")
+    assert set(data["raw"]) == {"torch", "onnxruntime"}
+    assert [r["measure"] for r in data["rows"]][:2] == ["raw embed_batch, batch 1", "raw embed_batch, batch 4"]
+    for row in data["rows"]:
+        assert _positive(row["torch"]) and _positive(row["onnxruntime"]) and _positive(row["ratio"])
+    for points in data["points"].values():
+        assert all(p["errors"] == 0 and p["requests"] >= 1 for p in points)

@@ -4,6 +4,7 @@
     reid-eval runs/pb/best.safetensors --data-format soccernet --data-root /data/soccernet-reid --out runs/pb/eval
     reid-eval runs/pb/best.safetensors --data-root /data/soccernet-reid --eval-split challenge --out runs/pb/challenge
     reid-export runs/pb --out models/pose_bilinear.safetensors
+    reid-export models/pose_bilinear.safetensors --format onnx --out models/pose_bilinear.onnx
     reid-demo-model --out artifacts/demo.safetensors        # SYNTHETIC players, CPU, a few minutes
     reid-synthetic --out data/synthetic --games 8
     reid-fetch --list                                      # the pretrained model zoo (training/zoo.py)
@@ -177,12 +178,7 @@ def eval_main(argv: list[str] | None = None) -> int:
 def export_for_serving(source: Path, out: Path, extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write a serving checkpoint: the source's weights without the training-only classifier, its threshold
     and metrics. ``source`` is a checkpoint or a run folder (its best.safetensors, else last.safetensors)."""
-    if source.is_dir():
-        candidates = [source / "best.safetensors", source / "last.safetensors"]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise FileNotFoundError(f"{source} holds neither best.safetensors nor last.safetensors")
-        source = found
+    source = _resolve_source(source)
     trained, spec = load_checkpoint(source)
     config = {**spec.model_config, "num_classes": 0}
     model = build_model(spec.architecture, **config)
@@ -195,14 +191,45 @@ def export_for_serving(source: Path, out: Path, extra_meta: dict[str, Any] | Non
     return {"source": str(source), "out": str(out), "threshold": spec.threshold, "metrics": spec.metrics}
 
 
+def export_onnx_graph(source: Path, out: Path) -> dict[str, Any]:
+    """Write the ONNX graph of a checkpoint (or a run folder's best/last one), as the service exports it."""
+    from model.checkpoint import file_sha256
+    from model.export import export_onnx
+
+    source = _resolve_source(source)
+    model, spec = load_checkpoint(source)
+    export_onnx(model, spec, out, fingerprint=file_sha256(source))
+    return {"source": str(source), "out": str(out), "architecture": spec.architecture, "format": "onnx"}
+
+
+def _resolve_source(source: Path) -> Path:
+    if source.is_dir():
+        candidates = [source / "best.safetensors", source / "last.safetensors"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"{source} holds neither best.safetensors nor last.safetensors")
+        return found
+    return source
+
+
 def export_main(argv: list[str] | None = None) -> int:
-    """reid-export RUN_DIR_OR_CHECKPOINT --out DST.safetensors [--recalibrate --data-format F --data-root R]"""
+    """reid-export RUN_DIR_OR_CHECKPOINT --out DST [--format safetensors|onnx]"""
     parser = argparse.ArgumentParser(prog="reid-export", description="Make a serving checkpoint from a run.")
     parser.add_argument("source", type=Path, help="run folder or checkpoint")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--format",
+        choices=["safetensors", "onnx"],
+        default="safetensors",
+        help="safetensors: serving checkpoint (classifier dropped); onnx: uint8 crops -> unit embeddings graph, "
+        "model card in its metadata, checked against torch",
+    )
     args = parser.parse_args(argv)
     _setup_logging()
-    print(json.dumps(export_for_serving(args.source, args.out), indent=2))
+    if args.format == "onnx":
+        print(json.dumps(export_onnx_graph(args.source, args.out), indent=2))
+    else:
+        print(json.dumps(export_for_serving(args.source, args.out), indent=2))
     return 0
 
 

@@ -50,7 +50,9 @@ def test_cuhk03_cross_camera_rank1(osnet_x0_25_market_weights: Path, cuhk03_dir:
     probes = [(pid, (cuhk03_dir / f"{pid}_05.jpg").read_bytes()) for pid in pids]
 
     env = server_env(checkpoint, tmp_path / "data", REID_MAX_BATCH_SIZE="32", REID_TORCH_THREADS="2")
-    with LiveServer(env, log_path=tmp_path / "server.log") as server, server.client(timeout=300) as client:
+    # This checkpoint is new to the server, so its start includes the ONNX export (seconds; minutes on a busy CPU).
+    server = LiveServer(env, log_path=tmp_path / "server.log", ready_timeout_s=300)
+    with server, server.client(timeout=300) as client:
         for start in range(0, PEOPLE, CHUNK):
             part = gallery[start : start + CHUNK]
             response = client.post(

@@ -63,3 +63,20 @@ def test_signed_sqrt_and_normalisation() -> None:
 def test_mismatched_maps_are_rejected() -> None:
     with pytest.raises(ValueError):
         CompactBilinearPooling(4, 4, 8)(torch.randn(1, 4, 2, 2), torch.randn(1, 4, 3, 2))
+
+
+@pytest.mark.parametrize("output_dim", [7, 8, 64])
+def test_matmul_spectral_modes_equal_the_fft(output_dim: int) -> None:
+    """The DFT-as-matmul forms ONNX export uses compute the same circular convolution as torch.fft."""
+    torch.manual_seed(0)
+    pooling = CompactBilinearPooling(12, 5, output_dim, seed=3)
+    a, p = torch.randn(3, 12, 4, 2), torch.randn(3, 5, 4, 2)
+    reference = pooling(a, p)
+    keys = set(pooling.state_dict())
+    for mode in ("dft_matmul", "folded_matmul"):
+        pooling.set_spectral(mode)
+        torch.testing.assert_close(pooling(a, p), reference, rtol=1e-5, atol=1e-5)
+    pooling.set_spectral("fft")
+    assert set(pooling.state_dict()) == keys  # the matmul matrices never reach a checkpoint
+    with pytest.raises(ValueError, match="spectral must be one of"):
+        pooling.set_spectral("winograd")

@@ -39,6 +39,7 @@ def test_health_ready_and_info(client: Any) -> None:
     assert info["embedding_dim"] == 512 and info["input_size"] == [64, 32]
     assert (info["threshold"], info["threshold_source"]) == (0.9, "calibrated")
     assert info["device"] == "cpu" and info["autocast"] is None
+    assert info["runtime"] == "onnxruntime" and info["runtime_reason"].startswith("auto on CPU")
 
 
 def test_register_then_query_finds_the_same_player(client: Any) -> None:

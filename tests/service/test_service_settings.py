@@ -39,7 +39,8 @@ def test_empty_api_key_means_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("REID_DEVICE", "gpu"), ("REID_THRESHOLD", "1.5"), ("REID_MAX_BATCH_SIZE", "0"), ("REID_MAX_QUEUE", "many")],
+    [("REID_DEVICE", "gpu"), ("REID_THRESHOLD", "1.5"), ("REID_MAX_BATCH_SIZE", "0"), ("REID_MAX_QUEUE", "many"),
+     ("REID_RUNTIME", "tensorrt")],
 )
 def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)

@@ -1,4 +1,5 @@
-"""A tiny, deterministic checkpoint for service tests: OSNet-x0.25 at 64x32 input, random weights (seed 0)."""
+"""A tiny, deterministic checkpoint for service tests: OSNet-x0.25 at 64x32 input, random weights (seed 0);
+and its exported ONNX graph, placed where the service looks for it."""
 
 from __future__ import annotations
 
@@ -30,3 +31,16 @@ def make_tiny_checkpoint(
         train_meta={"purpose": "tests"},
     )
     return path
+
+
+def prepare_onnx_cache(checkpoint: Path, cache_dir: Path) -> Path:
+    """Export ``checkpoint``'s graph with ``reid-export --format onnx`` into ``cache_dir``, under the name the
+    service's runtime looks up (tests/training/test_cli.py checks that graph); returns its path."""
+    from model.checkpoint import file_sha256
+    from service.runtime import cached_graph_path
+    from training.cli import export_main
+
+    graph = cached_graph_path(cache_dir, file_sha256(checkpoint))
+    if not graph.is_file() and export_main([str(checkpoint), "--format", "onnx", "--out", str(graph)]) != 0:
+        raise RuntimeError(f"reid-export --format onnx failed for {checkpoint}")
+    return graph

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import load_checkpoint, read_checkpoint_spec
+from model import CheckpointError, load_checkpoint, read_checkpoint_spec
 from training.cli import build_demo_model, eval_main, export_main, train_main
 
 TINY_SYNTHETIC = {"train_games": 3, "valid_games": 1, "players_per_action": 4, "views": 3, "height": 32,
@@ -100,3 +100,31 @@ def test_reid_train_rejects_unknown_key_with_usage_error(capsys: pytest.CaptureF
         train_main(["optim.lrr=0.1"])
     assert info.value.code == 2
     assert "lrr" in capsys.readouterr().err
+
+
+def test_reid_export_onnx_writes_the_graph_the_service_serves(tiny_checkpoint: Path) -> None:
+    """The session's cached graph (tests/conftest.py) is written by `reid-export --format onnx`: check that file."""
+    import os
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from model.checkpoint import file_sha256
+    from model.export import FINGERPRINT_KEY, INPUT_NAME, read_onnx_metadata, spec_from_metadata
+    from service.embedder import Embedder
+    from service.runtime import cached_graph_path
+
+    graph = cached_graph_path(Path(os.environ["REID_ONNX_CACHE_DIR"]), file_sha256(tiny_checkpoint))
+    metadata = read_onnx_metadata(graph)
+    assert spec_from_metadata(metadata) == read_checkpoint_spec(tiny_checkpoint)
+    assert metadata[FINGERPRINT_KEY] == file_sha256(tiny_checkpoint)
+    crops = np.random.default_rng(0).integers(0, 256, size=(3, 3, 64, 32), dtype=np.uint8)
+    (got,) = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: crops})
+    expected = Embedder.from_checkpoint(tiny_checkpoint, "cpu", "torch").embed_batch(crops)
+    assert np.min(np.sum(got * expected, axis=1)) >= 0.9999
+
+
+def test_reid_export_onnx_of_a_missing_checkpoint_fails(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        export_main([str(tmp_path / "absent.safetensors"), "--format", "onnx", "--out", str(tmp_path / "x.onnx")])
+    assert not (tmp_path / "x.onnx").exists()

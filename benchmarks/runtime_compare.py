@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         args.height, args.width, args.raw_batches, args.raw_seconds = 64, 32, [1, 4], 0.2
         args.concurrency, args.multi_crops, args.duration, args.gallery = [1], 4, 0.5, 8
     payloads = [encode(player_crop(p, v), "JPEG", quality=90) for p in range(12) for v in range(6)]
-    plan = [(1, c) for c in args.concurrency] + [(args.multi_crops, 1)]
+    plan = [(1, c, 0) for c in args.concurrency] + [(args.multi_crops, 1, 0)]  # (crops, concurrency, tracklets)
 
     raw: dict[str, dict[str, Any]] = {}
     points: dict[str, list[LoadPoint]] = {}
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     for batch in args.raw_batches:
         values = {r: raw[r]["per_batch_crops_per_s"][str(batch)] for r in RUNTIMES}
         rows.append({"measure": f"raw embed_batch, batch {batch}", **_pair(values)})
-    for i, (crops, concurrency) in enumerate(plan):
+    for i, (crops, concurrency, _) in enumerate(plan):
         by_runtime = {r: points[r][i] for r in RUNTIMES}
         what = f"HTTP /query, {crops}-crop requests, concurrency {concurrency}"
         rows.append({"measure": what, **_pair({r: p.crops_per_s for r, p in by_runtime.items()})})

@@ -285,7 +285,7 @@ class _CollectionIndex:
     # ---------------------------------------------------------------- builds
 
     def begin_build(self, copy_vectors: bool) -> tuple[int, SourceView | None]:
-        """Start collecting adds in the delta; returns (token, a copy of the live vectors when asked)."""
+        """Start collecting adds in the delta; returns (its generation, a copy of the live vectors when asked)."""
         self.building = True
         self.delta = _flat_cpu(self.dim)
         self.build_deletes = []
@@ -318,9 +318,9 @@ class _CollectionIndex:
         if fresh.any():
             new.add_with_ids(vectors[fresh], ids[fresh])
 
-    def finish_build(self, token: int, built: BuiltIndex, merged: np.ndarray) -> None:
+    def finish_build(self, build_generation: int, built: BuiltIndex, merged: np.ndarray) -> None:
         """Swap ``built`` in: replay the deletes made meanwhile, then take over the rest of the delta."""
-        if token != self.generation:
+        if build_generation != self.generation:
             return
         new = built.index
         ids, vectors = self.delta_to_merge(merged)
@@ -345,9 +345,9 @@ class _CollectionIndex:
         if previous != self.kind:
             logger.info("collection index switched %s -> %s at %d vectors", previous, self.kind, self.count)
 
-    def abort_build(self, token: int) -> None:
+    def abort_build(self, build_generation: int) -> None:
         """The build failed: the old index keeps serving and takes the delta's vectors back."""
-        if token != self.generation or self.delta is None:
+        if build_generation != self.generation or self.delta is None:
             return
         ids, vectors = index_contents(self.delta)
         if len(ids):
@@ -560,10 +560,10 @@ class FaissIndexRegistry:
 
     def _start_build(self, collection: str, index: _CollectionIndex) -> None:
         # Called with index.lock held: from here on adds go to the delta, so nothing is missed.
-        token, copied = index.begin_build(copy_vectors=self.source is None)
+        build_generation, copied = index.begin_build(copy_vectors=self.source is None)
         kind = index.desired_kind(index.count)
         logger.info("background %s build of %r started at %d vectors", kind, collection, index.count)
-        self._builds[collection] = self._builder.submit(self._run_build, collection, index, token, copied)
+        self._builds[collection] = self._builder.submit(self._run_build, collection, index, build_generation, copied)
 
     def _hook(self, collection: str, point: str) -> None:
         if self.build_hook is not None:
@@ -577,7 +577,9 @@ class FaissIndexRegistry:
             index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
         return BuiltIndex(index, kind, view.watermark_id, view.deletion_seq, int(index.ntotal))
 
-    def _run_build(self, collection: str, index: _CollectionIndex, token: int, copied: SourceView | None) -> None:
+    def _run_build(
+        self, collection: str, index: _CollectionIndex, build_generation: int, copied: SourceView | None
+    ) -> None:
         try:
             self._hook(collection, "start")
             with contextlib.ExitStack() as stack:
@@ -585,14 +587,14 @@ class FaissIndexRegistry:
                 kind = index.desired_kind(view.size)
                 built = self._build_from(view, kind)
             self._hook(collection, "built")
-            if self.on_built is not None and token == index.generation:
+            if self.on_built is not None and build_generation == index.generation:
                 try:
                     self.on_built(collection, built)
                 except Exception:
                     logger.exception("could not save the snapshot of %r; the index is still swapped in", collection)
-            merged = self._catch_up(index, token, built)
+            merged = self._catch_up(index, build_generation, built)
             with index.lock:
-                index.finish_build(token, built, merged)
+                index.finish_build(build_generation, built, merged)
             self.builds_finished += 1
             logger.info("background %s build of %r done: %d vectors", kind, collection, built.size)
         except BaseException as exc:
@@ -601,17 +603,17 @@ class FaissIndexRegistry:
             else:
                 logger.exception("background build of %r failed; the previous index keeps serving", collection)
             with index.lock:
-                index.abort_build(token)
+                index.abort_build(build_generation)
             if not isinstance(exc, Exception | BuildAborted):
                 raise
 
-    def _catch_up(self, index: _CollectionIndex, token: int, built: BuiltIndex) -> np.ndarray:
+    def _catch_up(self, index: _CollectionIndex, build_generation: int, built: BuiltIndex) -> np.ndarray:
         """Copy what the delta gathered during the build into the new index outside the collection lock, in
         rounds, until little is left (finish_build moves that rest under the lock). Returns the ids copied."""
         merged = np.zeros(0, dtype=np.int64)
         while not self._closing.is_set():
             with index.lock:
-                if token != index.generation:
+                if build_generation != index.generation:
                     break
                 ids, vectors = index.delta_to_merge(merged)
             if len(ids) <= self.CATCH_UP_UNDER_LOCK:

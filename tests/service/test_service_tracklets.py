@@ -84,7 +84,12 @@ def test_results_per_tracklet_and_plain_results_unchanged(client: Any) -> None:
     for result, expected in ((results[1], plain_results[1]), (results[2], plain_results[3])):
         assert [m["id"] for m in result["matches"]] == [m["id"] for m in expected["matches"]]
         assert [m["score"] for m in result["matches"]] == pytest.approx([m["score"] for m in expected["matches"]])
-        assert result["match"] == expected["match"] and result["candidates"] == expected["candidates"]
+        assert result["match"] == expected["match"]
+        # Scores agree to float32 rounding: the runtime may embed a crop differently in batches of other sizes.
+        assert [c["label"] for c in result["candidates"]] == [c["label"] for c in expected["candidates"]]
+        assert [c["score"] for c in result["candidates"]] == pytest.approx(
+            [c["score"] for c in expected["candidates"]], abs=1e-5
+        )
 
 
 @pytest.mark.parametrize(

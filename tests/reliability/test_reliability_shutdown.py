@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import signal
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,7 @@ import pytest
 
 from service.batching import DynamicBatcher
 from tests.reliability.conftest import ServerFactory, report
-from tests.support.gated_app import InferenceGate
+from tests.support.gated_app import InferenceGate, queue_depth, wait_until
 from tests.support.images import files_field, player_png
 from tests.support.live_server import LiveServer
 
@@ -31,20 +28,6 @@ logger = logging.getLogger(__name__)
 QUERY_CLIENTS = 6
 CROPS_PER_QUERY = 4
 GALLERY_CLIENTS = 2
-
-
-def queue_depth(client: httpx.Client) -> float:
-    match = re.search(r"^reid_queue_depth (\S+)$", client.get("/metrics").text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
-    """Poll an observable state of the server until it holds (the bound turns a hang into a failure)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        time.sleep(0.02)
 
 
 @pytest.mark.slow

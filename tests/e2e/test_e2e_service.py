@@ -115,11 +115,17 @@ def test_concurrent_clients_get_the_sequential_results(shared_server: LiveServer
     with ThreadPoolExecutor(len(queries) + 1) as pool:
         plug = pool.submit(one, [player_png(0)])
         shared_gate.wait_entered()
-        pending = [pool.submit(one, q) for q in queries]
-        with shared_server.client() as client:
-            wait_until(lambda: queue_depth(client) >= crops, f"{crops} crops queued")
-            assert queue_depth(client) == crops
-        shared_gate.release()
+        released = False
+        try:
+            pending = [pool.submit(one, q) for q in queries]
+            with shared_server.client() as client:
+                wait_until(lambda: queue_depth(client) >= crops, f"{crops} crops queued")
+                assert queue_depth(client) == crops
+            shared_gate.release()
+            released = True
+        finally:
+            if not released:  # never leave the module's shared server stuck at the gate
+                shared_gate.release()
         concurrent = [future.result() for future in pending]
         plug.result()
     for seq, conc in zip(sequential, concurrent, strict=True):

@@ -52,7 +52,9 @@ def crop_bytes(seed: int) -> bytes:
 class Ledger:
     """What the clients sent and what the server acknowledged, across all rounds."""
 
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    # A condition (usable as the lock): notified on every acknowledgement and whenever a client stops.
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    clients_running: int = 0
     sent: dict[str, int] = field(default_factory=dict)  # request id -> crops in it
     acked: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # request id -> returned items
     seeds: dict[str, int] = field(default_factory=dict)  # label -> image seed
@@ -61,6 +63,15 @@ class Ledger:
 
 
 def client_loop(server_url: str, round_no: int, client_no: int, ledger: Ledger, stop: threading.Event) -> None:
+    try:
+        _send_requests(server_url, round_no, client_no, ledger, stop)
+    finally:
+        with ledger.lock:
+            ledger.clients_running -= 1
+            ledger.lock.notify_all()
+
+
+def _send_requests(server_url: str, round_no: int, client_no: int, ledger: Ledger, stop: threading.Event) -> None:
     rng = random.Random(round_no * 100 + client_no)
     deadline = time.monotonic() + ROUND_TIME_LIMIT_S
     with httpx.Client(base_url=server_url, timeout=30.0) as client:
@@ -94,6 +105,7 @@ def client_loop(server_url: str, round_no: int, client_no: int, ledger: Ledger, 
                 return
             with ledger.lock:
                 ledger.acked[req] = response.json()["items"]
+                ledger.lock.notify_all()
 
 
 def run_round(
@@ -109,18 +121,20 @@ def run_round(
         threading.Thread(target=client_loop, args=(server.url, round_no, c, ledger, stop), daemon=True)
         for c in range(CLIENTS)
     ]
-    start = time.monotonic()
+    with ledger.lock:
+        ledger.clients_running = len(threads)
     for thread in threads:
         thread.start()
     kind, value = kill_point
-    while time.monotonic() - start < ROUND_TIME_LIMIT_S:
-        if kind == "acked" and len(ledger.acked) - before >= value:
-            break
-        if kind == "delay" and time.monotonic() - start >= value:
-            break
-        if not any(t.is_alive() for t in threads):
-            break
-        time.sleep(0.002)
+    with ledger.lock:
+        if kind == "acked":
+            # Woken by each acknowledgement (and by clients that stop): no polling.
+            ledger.lock.wait_for(
+                lambda: len(ledger.acked) - before >= value or ledger.clients_running == 0, ROUND_TIME_LIMIT_S
+            )
+        else:
+            # A kill at a chosen moment of the load, by design; ends early only if every client has stopped.
+            ledger.lock.wait_for(lambda: ledger.clients_running == 0, value)
     status = server.kill()
     stop.set()
     for thread in threads:

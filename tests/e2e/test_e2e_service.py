@@ -147,25 +147,37 @@ def test_concurrent_clients_get_the_sequential_results(shared_server: LiveServer
     )
 
 
-def test_clients_that_give_up_do_not_hurt_the_others(shared_server: LiveServer) -> None:
+def test_clients_that_give_up_do_not_hurt_the_others(shared_server: LiveServer, shared_gate: InferenceGate) -> None:
     with shared_server.client() as client:
         register(client, "impatient", [0, 1, 2])
     payload = [player_png(p) for p in (0, 1, 2, 1, 0, 2, 1, 0)]
 
     def impatient() -> None:
-        with shared_server.client(timeout=0.005) as c, pytest.raises(httpx.TimeoutException):
+        # The model is held at the gate until every impatient client has given up, so the read timeout always
+        # fires (a 5 ms timeout raced the server's answer on a quiet machine).
+        with shared_server.client(timeout=httpx.Timeout(60.0, read=0.3)) as c, pytest.raises(httpx.TimeoutException):
             c.post("/query", files=files_field(*payload), data={"collection": "impatient"})
 
     def patient() -> dict[str, Any]:
         with shared_server.client() as c:
             return ask(c, "impatient", payload, top_k=1)
 
-    with ThreadPoolExecutor(8) as pool:
-        quitters = [pool.submit(impatient) for _ in range(4)]
-        stayers = [pool.submit(patient) for _ in range(4)]
-        for f in quitters:
-            f.result()
-        results = [f.result() for f in stayers]
+    shared_gate.arm()
+    with ThreadPoolExecutor(9) as pool:
+        plug = pool.submit(patient)
+        shared_gate.wait_entered()
+        released = False
+        try:
+            quitters = [pool.submit(impatient) for _ in range(4)]
+            for f in quitters:
+                f.result()
+            stayers = [pool.submit(patient) for _ in range(4)]
+            shared_gate.release()
+            released = True
+        finally:
+            if not released:  # never leave the module's shared server stuck at the gate
+                shared_gate.release()
+        results = [f.result() for f in [plug, *stayers]]
     for result in results:
         assert [r["match"] for r in result["results"]] == [
             "player-0",

@@ -4,11 +4,11 @@
     server = LiveServer({**env, **gate.env()}, app="tests.support.gated_app:app").start()
     gate.arm()                 # the next inference call will stop at the gate
     ...                        # send a request; gate.wait_entered() returns once the worker holds its batch
-    gate.release()             # that call (and every later one) runs
+    gate.release()             # that call runs; later calls pass freely until the next arm()
 
 The two sides meet through named pipes (FIFOs): opening one end blocks until the other end is opened, so neither
-side polls or sleeps. Warm-up and every call before ``arm()`` pass freely; only the first call after it waits.
-The server consumes the ``armed`` flag, so a restarted server's warm-up is not held.
+side polls or sleeps. Calls pass freely unless armed; the first call after ``arm()`` consumes the ``armed`` flag
+and waits, so each arm() holds exactly one call (and a restarted server's warm-up is not held).
 """
 
 from __future__ import annotations
@@ -92,13 +92,11 @@ class InferenceGate:
 
 
 def _gated(original: Callable[[Embedder, np.ndarray], np.ndarray], folder: Path) -> Callable[..., np.ndarray]:
-    passed = threading.Event()
-
     def embed_batch(self: Embedder, crops: np.ndarray) -> np.ndarray:
-        # Only the batcher's single worker thread calls this after warm-up, so the check-then-set is not racy.
-        if not passed.is_set() and (folder / "armed").exists():
-            passed.set()
-            (folder / "armed").unlink()  # one call per arm(), also across a restart on the same folder
+        # Only the batcher's single worker thread calls this after warm-up, so check-then-unlink is not racy.
+        armed = folder / "armed"
+        if armed.exists():
+            armed.unlink()  # one held call per arm(), also across a restart on the same folder
             logger.info("inference gate: holding a batch of %d crops", crops.shape[0])
             with open(folder / "entered", "wb"):
                 pass

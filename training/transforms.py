@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +29,18 @@ ImageTransform = Callable[[Image.Image], torch.Tensor]
 
 
 def load_rgb(source: str | Path | bytes) -> Image.Image:
-    """Decode an image file (path or raw bytes) into a fully loaded 8-bit RGB PIL image.
+    """Decode an image file (path or raw bytes) into a fully loaded, upright 8-bit RGB PIL image.
 
-    Palette, grayscale, 16-bit and alpha images are converted to RGB; alpha is dropped, as the
+    The EXIF orientation tag is applied (as the service's decoder does), so a phone JPEG stored sideways is
+    seen upright. Palette, grayscale, 16-bit and alpha images are converted to RGB; alpha is dropped, as the
     network only ever sees three channels.
     """
     stream: io.BytesIO | Path = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
     with Image.open(stream) as image:
-        # convert() forces the decode now, so the file handle can be closed on return.
-        return image.convert("RGB")
+        image.load()
+        # exif_transpose returns None only when called with in_place=True; convert() copies, so the file
+        # handle can be closed on return.
+        return (ImageOps.exif_transpose(image) or image).convert("RGB")
 
 
 def pil_to_tensor01(image: Image.Image) -> torch.Tensor:

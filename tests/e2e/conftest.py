@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.gated_app import InferenceGate
 from tests.support.live_server import LiveServer, server_env
 
 ServerFactory = Callable[..., LiveServer]
@@ -29,9 +30,18 @@ def make_server(tiny_checkpoint: Path, tmp_path: Path) -> Iterator[ServerFactory
 
 
 @pytest.fixture(scope="module")
-def shared_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """One server for the read-mostly tests of a module."""
+def shared_gate(tmp_path_factory: pytest.TempPathFactory) -> InferenceGate:
+    """The inference gate of ``shared_server`` (tests/support/gated_app.py); unarmed it changes nothing."""
+    return InferenceGate(tmp_path_factory.mktemp("e2e-gate"))
+
+
+@pytest.fixture(scope="module")
+def shared_server(
+    tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, shared_gate: InferenceGate
+) -> Iterator[LiveServer]:
+    """One server for the read-mostly tests of a module, its model behind ``shared_gate``."""
     tmp = tmp_path_factory.mktemp("e2e-shared")
-    server = LiveServer(server_env(tiny_checkpoint, tmp / "data"), log_path=tmp / "server.log")
+    env = {**server_env(tiny_checkpoint, tmp / "data"), **shared_gate.env()}
+    server = LiveServer(env, log_path=tmp / "server.log", app="tests.support.gated_app:app")
     with server:
         yield server

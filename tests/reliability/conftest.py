@@ -23,12 +23,14 @@ RUN_SLOW = os.environ.get("RUN_SLOW_TESTS", "") == "1"
 
 @pytest.fixture()
 def make_server(tiny_checkpoint: Path, tmp_path: Path) -> Iterator[ServerFactory]:
-    """make_server(data_dir=None, start=True, **REID_env_overrides) -> LiveServer (stopped at test end)."""
+    """make_server(data_dir=None, start=True, app=..., **env_overrides) -> LiveServer (stopped at test end)."""
     servers: list[LiveServer] = []
 
-    def factory(data_dir: Path | None = None, start: bool = True, **extra: str) -> LiveServer:
+    def factory(
+        data_dir: Path | None = None, start: bool = True, app: str = "service.app:app", **extra: str
+    ) -> LiveServer:
         env = server_env(tiny_checkpoint, data_dir or tmp_path / "data", **extra)
-        server = LiveServer(env, log_path=tmp_path / f"server{len(servers)}.log")
+        server = LiveServer(env, log_path=tmp_path / f"server{len(servers)}.log", app=app)
         servers.append(server)
         return server.start() if start else server
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -51,7 +52,9 @@ def crop_bytes(seed: int) -> bytes:
 class Ledger:
     """What the clients sent and what the server acknowledged, across all rounds."""
 
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    # A condition (usable as the lock): notified on every acknowledgement and whenever a client stops.
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    clients_running: int = 0
     sent: dict[str, int] = field(default_factory=dict)  # request id -> crops in it
     acked: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # request id -> returned items
     seeds: dict[str, int] = field(default_factory=dict)  # label -> image seed
@@ -60,6 +63,15 @@ class Ledger:
 
 
 def client_loop(server_url: str, round_no: int, client_no: int, ledger: Ledger, stop: threading.Event) -> None:
+    try:
+        _send_requests(server_url, round_no, client_no, ledger, stop)
+    finally:
+        with ledger.lock:
+            ledger.clients_running -= 1
+            ledger.lock.notify_all()
+
+
+def _send_requests(server_url: str, round_no: int, client_no: int, ledger: Ledger, stop: threading.Event) -> None:
     rng = random.Random(round_no * 100 + client_no)
     deadline = time.monotonic() + ROUND_TIME_LIMIT_S
     with httpx.Client(base_url=server_url, timeout=30.0) as client:
@@ -93,34 +105,42 @@ def client_loop(server_url: str, round_no: int, client_no: int, ledger: Ledger, 
                 return
             with ledger.lock:
                 ledger.acked[req] = response.json()["items"]
+                ledger.lock.notify_all()
 
 
-def run_round(server: LiveServer, round_no: int, kill_point: tuple[str, float], ledger: Ledger) -> int:
-    """Load the server with 8 clients, kill -9 it at the kill point; returns requests acked in this round."""
+def run_round(
+    server: LiveServer, round_no: int, kill_point: tuple[str, float], ledger: Ledger
+) -> tuple[int, int | None]:
+    """Load the server with 8 clients, kill -9 it at the kill point.
+
+    Returns (requests acked in this round, the process's exit status: -9 when it was running and died by SIGKILL).
+    """
     before = len(ledger.acked)
     stop = threading.Event()
     threads = [
         threading.Thread(target=client_loop, args=(server.url, round_no, c, ledger, stop), daemon=True)
         for c in range(CLIENTS)
     ]
-    start = time.monotonic()
+    with ledger.lock:
+        ledger.clients_running = len(threads)
     for thread in threads:
         thread.start()
     kind, value = kill_point
-    while time.monotonic() - start < ROUND_TIME_LIMIT_S:
-        if kind == "acked" and len(ledger.acked) - before >= value:
-            break
-        if kind == "delay" and time.monotonic() - start >= value:
-            break
-        if not any(t.is_alive() for t in threads):
-            break
-        time.sleep(0.002)
-    server.kill()
+    with ledger.lock:
+        if kind == "acked":
+            # Woken by each acknowledgement (and by clients that stop): no polling.
+            ledger.lock.wait_for(
+                lambda: len(ledger.acked) - before >= value or ledger.clients_running == 0, ROUND_TIME_LIMIT_S
+            )
+        else:
+            # A kill at a chosen moment of the load, by design; ends early only if every client has stopped.
+            ledger.lock.wait_for(lambda: ledger.clients_running == 0, value)
+    status = server.kill()
     stop.set()
     for thread in threads:
         thread.join(40)
         assert not thread.is_alive()
-    return len(ledger.acked) - before
+    return len(ledger.acked) - before, status
 
 
 def fetch_all_rows(client: httpx.Client) -> tuple[int, list[dict[str, Any]]]:
@@ -154,6 +174,7 @@ def verify(server: LiveServer, ledger: Ledger) -> dict[str, int]:
             if len(items) != items[0]["metadata"]["n"] or len({i["metadata"]["k"] for i in items}) != len(items)
         }
         assert not partial, f"half-written requests visible: {partial}"
+        complete = len(by_request) - len(partial)
         unknown = set(by_request) - set(ledger.sent)
         assert not unknown, f"rows from requests nobody sent: {unknown}"
 
@@ -176,17 +197,26 @@ def verify(server: LiveServer, ledger: Ledger) -> dict[str, int]:
                 top = result["matches"][0]
                 assert top["id"] == item["id"] and top["score"] > 0.999, (item, result["matches"])
         committed_unacked = len(set(by_request) - set(ledger.acked))
-    return {"rows": total, "acked_crops": len(acked_items), "committed_unacked_requests": committed_unacked}
+    return {
+        "rows": total,
+        "acked_crops": len(acked_items),
+        "acked_crops_found": sum(item["id"] in stored for item in acked_items),
+        "complete_requests": complete,
+        "partial_requests": len(partial),
+        "committed_unacked_requests": committed_unacked,
+    }
 
 
 def test_kill_9_while_registering_loses_nothing(make_server: ServerFactory) -> None:
     server = make_server(REID_LOG_LEVEL="WARNING")
     ledger = Ledger()
-    kills = 0
+    statuses: list[int | None] = []
+    acked_per_round: list[int] = []
     figures: dict[str, int] = {}
     for round_no, kill_point in enumerate(KILL_POINTS):
-        acked_now = run_round(server, round_no, kill_point, ledger)
-        kills += 1
+        acked_now, status = run_round(server, round_no, kill_point, ledger)
+        statuses.append(status)
+        acked_per_round.append(acked_now)
         assert not ledger.errors, ledger.errors[:5]
         server.start()  # same port, same data dir
         figures = verify(server, ledger)
@@ -195,10 +225,15 @@ def test_kill_9_while_registering_loses_nothing(make_server: ServerFactory) -> N
             round=round_no,
             kill_point=f"{kill_point[0]}={kill_point[1]}",
             acked_requests_this_round=acked_now,
+            exit_status=status,
             **figures,
         )
-    assert kills == len(KILL_POINTS) >= 3
-    crops_lost = 0  # verify() asserts that every acknowledged crop is present
+    # Every round really killed a live, loaded server: SIGKILL was what ended it, after it had acknowledged work.
+    kills = sum(status == -signal.SIGKILL for status in statuses)
+    assert kills == len(KILL_POINTS), statuses
+    for (kind, value), acked in zip(KILL_POINTS, acked_per_round, strict=True):
+        assert kind != "acked" or acked >= value, (KILL_POINTS, acked_per_round)
+    crops_lost = figures["acked_crops"] - figures["acked_crops_found"]
     report(
         "crash safety",
         kills_survived=kills,
@@ -208,5 +243,6 @@ def test_kill_9_while_registering_loses_nothing(make_server: ServerFactory) -> N
         crops_acked=figures["acked_crops"],
         crops_lost=crops_lost,
         rows_after_last_restart=figures["rows"],
-        partial_requests=0,
+        complete_requests=figures["complete_requests"],
+        partial_requests=figures["partial_requests"],
     )

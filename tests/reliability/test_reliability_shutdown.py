@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import signal
 import threading
-import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +19,7 @@ import pytest
 
 from service.batching import DynamicBatcher
 from tests.reliability.conftest import ServerFactory, report
+from tests.support.gated_app import InferenceGate, queue_depth, wait_until
 from tests.support.images import files_field, player_png
 from tests.support.live_server import LiveServer
 
@@ -30,15 +30,12 @@ CROPS_PER_QUERY = 4
 GALLERY_CLIENTS = 2
 
 
-def queue_depth(client: httpx.Client) -> float:
-    match = re.search(r"^reid_queue_depth (\S+)$", client.get("/metrics").text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
 @pytest.mark.slow
-def test_sigterm_answers_in_flight_requests_then_stops_cleanly(make_server: ServerFactory) -> None:
-    # A 3 s batching delay with room for every crop: the crops sit in the queue when SIGTERM arrives.
-    server: LiveServer = make_server(REID_MAX_DELAY_MS="3000", REID_MAX_BATCH_SIZE="64")
+def test_sigterm_answers_in_flight_requests_then_stops_cleanly(make_server: ServerFactory, tmp_path: Path) -> None:
+    # The worker is held at a gate inside the model (tests/support/gated_app.py) with one registration's batch,
+    # so every later crop waits in the queue for as long as the test needs: no timing window.
+    gate = InferenceGate(tmp_path / "gate")
+    server: LiveServer = make_server(app="tests.support.gated_app:app", REID_MAX_BATCH_SIZE="64", **gate.env())
     with server.client() as client:
         seeded = client.post(
             "/gallery", files=files_field(player_png(1), player_png(2)), data={"collection": "g", "labels": ["a", "b"]}
@@ -71,36 +68,43 @@ def test_sigterm_answers_in_flight_requests_then_stops_cleanly(make_server: Serv
         with lock:
             results.append(("gallery", outcome))
 
+    gate.arm()
+    plug = threading.Thread(target=register, args=(GALLERY_CLIENTS,))
+    plug.start()
+    gate.wait_entered()  # the plug registration's crop is being embedded, held at the gate
     threads = [threading.Thread(target=query, args=(i,)) for i in range(QUERY_CLIENTS)]
     threads += [threading.Thread(target=register, args=(i,)) for i in range(GALLERY_CLIENTS)]
     for thread in threads:
         thread.start()
     expected_depth = QUERY_CLIENTS * CROPS_PER_QUERY + GALLERY_CLIENTS
     with server.client() as client:
-        deadline = time.monotonic() + 20
-        while queue_depth(client) < expected_depth and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: queue_depth(client) >= expected_depth, f"{expected_depth} crops queued")
         depth_at_sigterm = queue_depth(client)
     assert depth_at_sigterm == expected_depth, "the in-flight requests never queued up together"
 
     assert server.process is not None
     process = server.process
     process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    # uvicorn logs this once it has closed its listening sockets and waits for the in-flight requests.
+    wait_until(lambda: "Waiting for connections to close" in server.logs(), "uvicorn's shutdown to begin")
+    assert process.poll() is None
     # A new client after SIGTERM: the listening socket is closed (or, at worst, it is told to go away).
     try:
         late = httpx.get(f"{server.url}/healthz", timeout=5).status_code
     except httpx.HTTPError:
         late = None
     assert late is None or late == 503, late
+    assert all(thread.is_alive() for thread in [plug, *threads]), "a request finished before the gate opened"
 
-    for thread in threads:
+    gate.release()
+    for thread in [plug, *threads]:
         thread.join(60)
         assert not thread.is_alive()
     exit_code = process.wait(30)
     queries = [outcome for kind, outcome in results if kind == "query"]
     registrations = [outcome for kind, outcome in results if kind == "gallery"]
     assert queries == [(200, CROPS_PER_QUERY)] * QUERY_CLIENTS, results
+    assert len(registrations) == GALLERY_CLIENTS + 1
     assert all(isinstance(o, tuple) and o[0] == 201 for o in registrations), results
     # uvicorn (>= 0.29) re-raises the captured SIGTERM once its graceful shutdown is complete, so the status is
     # "terminated by SIGTERM" (143 in a shell or container) rather than 0; both mean a clean, complete stop.
@@ -112,13 +116,14 @@ def test_sigterm_answers_in_flight_requests_then_stops_cleanly(make_server: Serv
 
     server.start()
     with server.client() as client:
-        for _, item_id in registrations:
-            assert client.get(f"/gallery/{item_id}").status_code == 200
+        durable = sum(client.get(f"/gallery/{item_id}").status_code == 200 for _, item_id in registrations)
+    assert durable == len(registrations)
     report(
         "graceful shutdown",
         in_flight_requests=len(results),
         crops_queued_at_sigterm=int(depth_at_sigterm),
-        answered_2xx=len(queries) + len(registrations),
+        answered_2xx=sum(o[0] in (200, 201) for _, o in results if isinstance(o, tuple)),
+        registrations_durable_after_restart=durable,
         new_request_after_sigterm="refused" if late is None else late,
         exit_code=exit_code,
     )
@@ -126,21 +131,46 @@ def test_sigterm_answers_in_flight_requests_then_stops_cleanly(make_server: Serv
 
 def test_batcher_drain_embeds_queued_crops_before_stopping() -> None:
     calls: list[int] = []
+    entered, gate, draining = threading.Event(), threading.Event(), threading.Event()
 
     def embed(batch: np.ndarray) -> np.ndarray:
+        entered.set()
+        assert gate.wait(30), "test gate never opened"
         calls.append(len(batch))
-        time.sleep(0.05)
         return np.ones((len(batch), 4), dtype=np.float32) * batch[:, :1, 0, 0].astype(np.float32)
 
+    class DrainStarted(logging.Handler):
+        """stop(drain=True) logs "draining N queued crops" once it has refused new work: the test's cue."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("draining"):
+                draining.set()
+
+    handler = DrainStarted()
+    batching_logger = logging.getLogger("service.batching")
+    batching_logger.addHandler(handler)
+    previous_level = batching_logger.level
+    batching_logger.setLevel(logging.INFO)
     batcher = DynamicBatcher(embed, max_batch_size=2, max_delay_s=0.0, max_queue=64)
     batcher.start()
 
     async def main() -> None:
+        plug = asyncio.create_task(batcher.embed([np.full((3, 2, 2), 99, dtype=np.uint8)]))
+        assert await asyncio.to_thread(entered.wait, 30)  # the worker holds the plug at the gate
         jobs = [asyncio.create_task(batcher.embed([np.full((3, 2, 2), i, dtype=np.uint8)])) for i in range(9)]
-        await asyncio.sleep(0.01)
-        await asyncio.get_running_loop().run_in_executor(None, lambda: batcher.stop(10.0, drain=True))
+        await asyncio.sleep(0)  # one turn of the loop: each task enqueues before its first await
+        assert batcher.depth == 9
+        stopper = asyncio.get_running_loop().run_in_executor(None, lambda: batcher.stop(10.0, drain=True))
+        assert await asyncio.to_thread(draining.wait, 30)  # stop() has begun with all nine crops still queued
+        gate.set()
+        await stopper
         values = [float((await job)[0, 0]) for job in jobs]
         assert values == [float(i) for i in range(9)]
+        assert float((await plug)[0, 0]) == 99.0
 
-    asyncio.run(main())
-    assert sum(calls) == 9 and batcher.depth == 0
+    try:
+        asyncio.run(main())
+    finally:
+        batching_logger.removeHandler(handler)
+        batching_logger.setLevel(previous_level)
+    assert sum(calls) == 10 and batcher.depth == 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -123,3 +125,161 @@ def test_concurrent_adds_and_searches() -> None:
     assert not errors
     assert reg.size("c") == 800
     assert [i for i, _ in reg.search("c", vectors[:3], k=1)[0]] == [0]
+
+
+# ------------------------------------------------------------------------------ writes racing with searches
+K = 5
+READERS = 2
+
+
+@dataclass
+class Write:
+    """One write on the registry (``run``) and the same change on the test's model of it (``apply``)."""
+
+    name: str
+    run: Callable[[], object]
+    apply: Callable[[dict[str, dict[int, np.ndarray]]], None]
+
+
+def answers(model: dict[str, dict[int, np.ndarray]], collection: str, queries: np.ndarray) -> list[list[int]]:
+    """Exact top-K ids per query over the vectors the model says are visible ([] per query when absent)."""
+    held = model.get(collection) or {}
+    if not held:
+        return [[] for _ in range(len(queries))]
+    return exact(np.stack(list(held.values())), np.fromiter(held, dtype=np.int64), queries, K)
+
+
+def race(
+    reg: FaissIndexRegistry, write: Callable[[], object], collections: list[str], queries: np.ndarray
+) -> list[tuple[str, list[list[int]]]]:
+    """Run ``write``, and the background index build it may start, while READERS threads search ``collections``
+    (all released together by a barrier) until both are done; each reader searches once more afterwards. Returns every (collection, top-K ids) the readers saw."""
+    start = threading.Barrier(READERS + 1)
+    done = threading.Event()
+    seen: list[tuple[str, list[list[int]]]] = []
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            start.wait()
+            while True:
+                finished = done.is_set()
+                for c in collections:
+                    seen.append((c, [[i for i, _ in hits] for hits in reg.search(c, queries, K)]))
+                if finished:
+                    return
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(READERS)]
+    for t in threads:
+        t.start()
+    start.wait()
+    try:
+        write()
+        # Builds run off the request path: the readers keep racing until the swap is done as well.
+        reg.wait_for_builds(timeout_s=120)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors
+    return seen
+
+
+def test_add_remove_rebuild_and_drop_racing_with_searches() -> None:
+    """Each write runs while READERS threads search. Writes are atomic under the collection's lock, so a racing
+    search must return exactly the answer before the write or exactly the answer after it (exact top-K over the
+    vectors visible at that moment: no removed id, no half-built index); once the write has returned, a search
+    must return the answer after it.
+
+    The tiny HNSW settings make the sequence cross both ways between exact and HNSW indexes (add past
+    hnsw_min_size, tombstone rebuilds, back to flat below half), and hnsw_ef_search above the collection size
+    makes HNSW search exhaustive, so its answers are exact as well. Collection e makes two rebuilds of ~2000
+    vectors, long enough for searches to overlap them.
+    """
+    rng = np.random.default_rng(6)
+    pool = unit(rng, 3000)
+    queries = unit(rng, 6)
+    reg = FaissIndexRegistry(DIM, IndexConfig(hnsw_min_size=24, hnsw_m=8, hnsw_ef_search=4096))
+
+    def add(collection: str, ids: range) -> Write:
+        def apply(model: dict[str, dict[int, np.ndarray]]) -> None:
+            model.setdefault(collection, {}).update({i: pool[i] for i in ids})
+
+        rows = list(ids)
+        return Write(
+            f"add {collection} {ids.start}..{ids.stop - 1}",
+            lambda: reg.add(collection, np.array(rows, dtype=np.int64), pool[rows]),
+            apply,
+        )
+
+    def remove(collection: str, ids: list[int]) -> Write:
+        def apply(model: dict[str, dict[int, np.ndarray]]) -> None:
+            for i in ids:
+                model[collection].pop(i, None)
+
+        return Write(
+            f"remove {len(ids)} from {collection}", lambda: reg.remove(collection, np.array(ids, dtype=np.int64)), apply
+        )
+
+    def drop(collection: str) -> Write:
+        return Write(f"drop {collection}", lambda: reg.drop(collection), lambda model: model.pop(collection, None))
+
+    order = rng.permutation(200).tolist()
+    writes = [
+        add("c", range(0, 16)),
+        add("d", range(200, 240)),  # d: a collection dropped while it is searched
+        add("c", range(16, 30)),  # crosses hnsw_min_size: rebuilt as HNSW
+        add("c", range(30, 120)),
+        add("c", range(120, 200)),
+        remove("c", order[:20]),  # HNSW tombstones, hidden at search time
+        remove("c", order[20:90]),  # > 64 tombstones: rebuilt (still HNSW)
+        drop("d"),
+        remove("c", order[90:190]),  # rebuilt below hnsw_min_size / 2: back to exact flat
+        add("c", range(200, 210)),  # 20 vectors: stays flat
+        remove("c", order[190:195]),  # flat remove_ids
+        drop("c"),
+        add("c", range(0, 10)),  # a new collection under the old name
+        add("e", range(1000, 3000)),  # one add builds a 2000-vector HNSW graph: a long rebuild to race with
+        remove("e", list(range(1000, 1070))),  # 70 tombstones: rebuilt from 1930 vectors
+    ]
+    collections = ["c", "d", "e"]
+    model: dict[str, dict[int, np.ndarray]] = {}
+    kinds: list[str | None] = []
+    problems: list[str] = []
+    racing = 0
+    for write in writes:
+        before = {c: answers(model, c, queries) for c in collections}
+        write.apply(model)
+        after = {c: answers(model, c, queries) for c in collections}
+        for c, got in race(reg, write.run, collections, queries):
+            racing += 1
+            if got not in (before[c], after[c]):
+                problems.append(f"{write.name}: a racing search of {c} saw {got}, not {before[c]} or {after[c]}")
+        for c in collections:
+            settled = [[i for i, _ in hits] for hits in reg.search(c, queries, K)]
+            if settled != after[c]:
+                problems.append(f"{write.name}: after it, {c} answered {settled}, expected {after[c]}")
+            assert reg.size(c) == len(model.get(c) or {}), write.name
+        kinds.append(reg.kind("c"))
+    assert not problems, "\n".join(problems[:10])
+    assert kinds == [
+        "flat",
+        "flat",
+        "hnsw",
+        "hnsw",
+        "hnsw",
+        "hnsw",
+        "hnsw",
+        "hnsw",
+        "flat",
+        "flat",
+        "flat",
+        None,
+        "flat",
+        "flat",
+        "flat",
+    ], kinds
+    assert reg.kind("e") == "hnsw"
+    print(f"{racing} searches checked while {len(writes)} writes ran")

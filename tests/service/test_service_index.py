@@ -153,7 +153,8 @@ def race(
     reg: FaissIndexRegistry, write: Callable[[], object], collections: list[str], queries: np.ndarray
 ) -> list[tuple[str, list[list[int]]]]:
     """Run ``write``, and the background index build it may start, while READERS threads search ``collections``
-    (all released together by a barrier) until both are done; each reader searches once more afterwards. Returns every (collection, top-K ids) the readers saw."""
+    (all released together by a barrier) until both are done; each reader searches once more afterwards.
+    Returns every (collection, top-K ids) the readers saw."""
     start = threading.Barrier(READERS + 1)
     done = threading.Event()
     seen: list[tuple[str, list[list[int]]]] = []

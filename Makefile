@@ -14,6 +14,9 @@ MODEL ?=
 PY := $(VENV)/bin/python
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+# With the dev extra, the reference scorers the tests compare against (tests/training/test_reference_scorers.py):
+# torchreid's evaluation and re-ranking, and SoccerNet's scorer without its downloader's dependencies.
+ORACLES := $(if $(findstring dev,$(EXTRAS)),$(comma)oracles)
 # What `make serve` serves, and what it may build first: the demo checkpoint or a zoo download, never anything else.
 ifneq ($(strip $(MODEL)),)
 SERVE_CHECKPOINT := artifacts/zoo/$(MODEL).safetensors
@@ -37,7 +40,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -e ".[$(EXTRAS)$(ORACLES)]"
+	$(if $(ORACLES),$(PY) -m pip install --no-deps SoccerNet==0.2.0)
 	touch $@
 
 install: $(STAMP)

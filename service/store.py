@@ -157,6 +157,22 @@ def _row(values: Sequence[Any]) -> GalleryRow:
     )
 
 
+def _embedding_page(
+    conn: sqlite3.Connection, collection: str, after: int, chunk: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The next ``chunk`` rows of ``collection`` with faiss id > ``after``: (ids (n,) int64, embeddings (n, D)
+    float32), or None past the last row."""
+    rows = conn.execute(
+        "SELECT faiss_id, embedding FROM items WHERE collection = ? AND faiss_id > ? ORDER BY faiss_id LIMIT ?",
+        (collection, after, chunk),
+    ).fetchall()
+    if not rows:
+        return None
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
+    return ids, vectors.astype(np.float32)
+
+
 class GalleryStore:
     """Gallery rows in one SQLite file; thread-safe (one connection, one lock)."""
 
@@ -362,17 +378,11 @@ class GalleryStore:
         last = after
         while True:
             with self._lock:
-                rows = self._conn.execute(
-                    "SELECT faiss_id, embedding FROM items WHERE collection = ? AND faiss_id > ? "
-                    "ORDER BY faiss_id LIMIT ?",
-                    (collection, last, chunk),
-                ).fetchall()
-            if not rows:
+                page = _embedding_page(self._conn, collection, last, chunk)
+            if page is None:
                 return
-            ids = np.array([r[0] for r in rows], dtype=np.int64)
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
-            yield ids, vectors.astype(np.float32)
-            last = int(ids[-1])
+            yield page
+            last = int(page[0][-1])
 
     # ------------------------------------------------------------ lifecycle: snapshots, crops, model
 
@@ -444,18 +454,9 @@ class GalleryStore:
 
             def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
                 last = -1
-                while True:
-                    rows = conn.execute(
-                        "SELECT faiss_id, embedding FROM items WHERE collection = ? AND faiss_id > ? "
-                        "ORDER BY faiss_id LIMIT ?",
-                        (collection, last, chunk),
-                    ).fetchall()
-                    if not rows:
-                        return
-                    ids = np.array([r[0] for r in rows], dtype=np.int64)
-                    vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
-                    yield ids, vectors.astype(np.float32)
-                    last = int(ids[-1])
+                while (page := _embedding_page(conn, collection, last, chunk)) is not None:
+                    yield page
+                    last = int(page[0][-1])
 
             yield SourceView(int(watermark), int(seq), int(size), chunks())
             conn.execute("COMMIT")

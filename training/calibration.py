@@ -67,6 +67,68 @@ class Calibration:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class _Sweep:
+    """Every distinct decision a threshold can make, from "reject all" down to "accept all": (C,) arrays,
+    C = number of distinct scores + 1, in order of decreasing threshold, plus the query counts."""
+
+    thresholds: np.ndarray
+    accepts: np.ndarray
+    correct_accepts: np.ndarray
+    absent_accepts: np.ndarray
+    num_queries: int
+    num_pos: int
+    num_absent: int
+
+    @property
+    def precision(self) -> np.ndarray:
+        """(C,) share of accepted queries whose top-1 is right (0 where nothing is accepted)."""
+        return np.divide(self.correct_accepts, self.accepts, out=np.zeros(self.accepts.size), where=self.accepts > 0)
+
+    @property
+    def recall(self) -> np.ndarray:
+        """(C,) share of the queries whose person is in the gallery that are correctly accepted."""
+        return self.correct_accepts / self.num_pos if self.num_pos else np.zeros(self.accepts.size)
+
+
+def _threshold_sweep(top1_scores: np.ndarray, top1_correct: np.ndarray, query_has_match: np.ndarray) -> _Sweep:
+    """Counts of accepted, correctly accepted and absent-person queries at each candidate threshold.
+
+    Thresholds are midpoints between neighbouring distinct scores; the first sits just above the highest score
+    (rejects all), the last is the lowest score (accepts all).
+    """
+    scores = np.asarray(top1_scores, dtype=np.float64).ravel()
+    correct = np.asarray(top1_correct, dtype=bool).ravel()
+    has_match = np.asarray(query_has_match, dtype=bool).ravel()
+    n = scores.size
+    if n == 0:
+        raise ValueError("cannot calibrate a threshold on zero queries")
+    if correct.size != n or has_match.size != n:
+        raise ValueError(f"length mismatch: {n} scores, {correct.size} correct flags, {has_match.size} match flags")
+    # -inf is allowed: it marks a query with nothing to compare against, which no finite threshold accepts.
+    if np.isnan(scores).any() or (scores == np.inf).any():
+        raise ValueError("top-1 scores must be finite or -inf")
+    good = correct & has_match
+    num_pos = int(has_match.sum())
+    order = np.argsort(-scores, kind="stable")
+    desc = scores[order]
+    # Cut after position j accepts the j+1 highest scores; only boundaries between distinct scores are reachable.
+    cut = np.flatnonzero(np.append(desc[:-1] > desc[1:], True))
+    upper, lower = desc[cut[:-1]], desc[cut[:-1] + 1]
+    # A midpoint with a -inf neighbour would be -inf; the lowest accepted score gives the same decisions.
+    with np.errstate(invalid="ignore"):
+        midpoints = np.where(np.isfinite(lower), (upper + lower) / 2.0, upper)
+    return _Sweep(
+        thresholds=np.concatenate([[np.nextafter(desc[0], np.inf)], midpoints, [desc[-1]]]),
+        accepts=np.append(0, cut + 1),
+        correct_accepts=np.append(0, np.cumsum(good[order])[cut]),
+        absent_accepts=np.append(0, np.cumsum(~has_match[order])[cut]),
+        num_queries=n,
+        num_pos=num_pos,
+        num_absent=n - num_pos,
+    )
+
+
 def calibrate_threshold(
     top1_scores: np.ndarray, top1_correct: np.ndarray, query_has_match: np.ndarray
 ) -> Calibration:
@@ -80,52 +142,17 @@ def calibrate_threshold(
     Returns:
         Calibration with the chosen threshold and precision/recall/f1/accuracy at it.
     """
-    scores = np.asarray(top1_scores, dtype=np.float64).ravel()
-    correct = np.asarray(top1_correct, dtype=bool).ravel()
-    has_match = np.asarray(query_has_match, dtype=bool).ravel()
-    n = scores.size
-    if n == 0:
-        raise ValueError("cannot calibrate a threshold on zero queries")
-    if correct.size != n or has_match.size != n:
-        raise ValueError(
-            f"length mismatch: {n} scores, {correct.size} correct flags, {has_match.size} match flags"
-        )
-    # -inf is allowed: it marks a query with nothing to compare against, which no finite threshold accepts.
-    if np.isnan(scores).any() or (scores == np.inf).any():
-        raise ValueError("top-1 scores must be finite or -inf")
-    good = correct & has_match
-    num_pos = int(has_match.sum())
-    num_distractors = n - num_pos
-
-    order = np.argsort(-scores, kind="stable")
-    desc = scores[order]
-    # Cut after position j accepts the j+1 highest scores; only boundaries between distinct scores are
-    # reachable.
-    cut = np.flatnonzero(np.append(desc[:-1] > desc[1:], True))
-    accepts = cut + 1
-    correct_accepts = np.cumsum(good[order])[cut]
-    accepted_distractors = np.cumsum(~has_match[order])[cut]
-    upper, lower = desc[cut[:-1]], desc[cut[:-1] + 1]
-    # A midpoint with a -inf neighbour would be -inf; the lowest accepted score gives the same decisions.
-    with np.errstate(invalid="ignore"):
-        midpoints = np.where(np.isfinite(lower), (upper + lower) / 2.0, upper)
-    thresholds = np.append(midpoints, desc[-1])
-
-    # The "reject everything" cut, so that a useless model gets a threshold that never answers.
-    accepts = np.append(0, accepts)
-    correct_accepts = np.append(0, correct_accepts)
-    accepted_distractors = np.append(0, accepted_distractors)
-    thresholds = np.append(np.nextafter(desc[0], np.inf), thresholds)
-
-    precision = np.divide(correct_accepts, accepts, out=np.zeros(accepts.size), where=accepts > 0)
-    recall = correct_accepts / num_pos if num_pos else np.zeros(accepts.size)
+    sweep = _threshold_sweep(top1_scores, top1_correct, query_has_match)
+    thresholds, accepts, correct_accepts = sweep.thresholds, sweep.accepts, sweep.correct_accepts
+    n, num_pos = sweep.num_queries, sweep.num_pos
+    precision, recall = sweep.precision, sweep.recall
     # F1 = 2PR / (P + R) rewritten on counts, so that equal F1 values are bit-identical and ties resolve
     # by the documented rule rather than by rounding.
     denom = accepts + num_pos
     f1 = np.divide(2.0 * correct_accepts, denom, out=np.zeros(accepts.size), where=denom > 0)
     # argmax returns the first maximum; candidates run from the highest threshold down, so ties go to it.
     best = int(np.argmax(f1))
-    rejected_distractors = num_distractors - accepted_distractors[best]
+    rejected_distractors = sweep.num_absent - sweep.absent_accepts[best]
     calib = Calibration(
         threshold=float(thresholds[best]),
         precision=float(precision[best]),
@@ -518,33 +545,17 @@ def operating_points(
         of distinct scores + 1, in order of decreasing threshold. Thresholds are midpoints between
         neighbouring distinct scores (the first one sits just above the highest score: rejects all).
     """
-    scores = np.asarray(top1_scores, dtype=np.float64).ravel()
-    correct = np.asarray(top1_correct, dtype=bool).ravel()
-    has_match = np.asarray(query_has_match, dtype=bool).ravel()
-    n = scores.size
-    if n == 0:
-        raise ValueError("cannot calibrate a threshold on zero queries")
-    if correct.size != n or has_match.size != n:
-        raise ValueError(f"length mismatch: {n} scores, {correct.size} correct flags, {has_match.size} match flags")
-    if np.isnan(scores).any() or (scores == np.inf).any():
-        raise ValueError("top-1 scores must be finite or -inf")
-    good = correct & has_match
-    num_pos = int(has_match.sum())
-    num_absent = n - num_pos
-    order = np.argsort(-scores, kind="stable")
-    desc = scores[order]
-    cut = np.flatnonzero(np.append(desc[:-1] > desc[1:], True))
-    upper, lower = desc[cut[:-1]], desc[cut[:-1] + 1]
-    with np.errstate(invalid="ignore"):
-        midpoints = np.where(np.isfinite(lower), (upper + lower) / 2.0, upper)
-    thresholds = np.concatenate([[np.nextafter(desc[0], np.inf)], midpoints, [desc[-1]]])
-    accepts = np.append(0, cut + 1)
-    correct_accepts = np.append(0, np.cumsum(good[order])[cut])
-    absent_accepts = np.append(0, np.cumsum(~has_match[order])[cut])
-    precision = np.divide(correct_accepts, accepts, out=np.zeros(accepts.size), where=accepts > 0)
-    recall = correct_accepts / num_pos if num_pos else np.zeros(accepts.size)
-    absent_rate = absent_accepts / num_absent if num_absent else np.zeros(accepts.size)
-    return thresholds, precision, recall, absent_rate, accepts / n, correct_accepts
+    sweep = _threshold_sweep(top1_scores, top1_correct, query_has_match)
+    accepts = sweep.accepts
+    absent_rate = sweep.absent_accepts / sweep.num_absent if sweep.num_absent else np.zeros(accepts.size)
+    return (
+        sweep.thresholds,
+        sweep.precision,
+        sweep.recall,
+        absent_rate,
+        accepts / sweep.num_queries,
+        sweep.correct_accepts,
+    )
 
 
 def _best_at(points: tuple[np.ndarray, ...], target: float, min_recall: float) -> OperatingPoint | None:

@@ -7,22 +7,15 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import sys
 from pathlib import Path
 
 import torch
 
+from model.checkpoint import file_sha256
+
 logger = logging.getLogger(__name__)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def import_torchreid_main(argv: list[str] | None = None) -> int:
@@ -57,7 +50,7 @@ def import_torchreid_main(argv: list[str] | None = None) -> int:
     train_meta = {
         "source": "torchreid",
         "source_file": args.src.name,
-        "source_sha256": _sha256(args.src),
+        "source_sha256": file_sha256(args.src),
         "source_tensors": len(state),
         "num_classes": model.num_classes,
     }
@@ -110,7 +103,7 @@ def import_openpose_main(argv: list[str] | None = None) -> int:
         return 1
     args.dst.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in body.state_dict().items()}
-    save_file(state, str(args.dst), metadata={"source_file": args.src.name, "source_sha256": _sha256(args.src),
+    save_file(state, str(args.dst), metadata={"source_file": args.src.name, "source_sha256": file_sha256(args.src),
                                               "stages": str(args.stages)})
     print(f"wrote {len(state)} tensors ({args.stages} stages) to {args.dst}")
     print("note: CMU OpenPose weights are for non-commercial research only; so is anything trained from them")

@@ -13,7 +13,6 @@ file whose sha256 matches is renamed to ``dest`` (os.replace: the name never poi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import httpx
 from tqdm import tqdm
+
+from model.checkpoint import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +67,6 @@ class Downloaded:
 
 
 ChunkHook = Callable[[int, int | None], None]
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def part_path(dest: Path) -> Path:
@@ -206,7 +198,7 @@ def download(
     finally:
         if own_client:
             http.close()
-    digest = sha256_file(part)
+    digest = file_sha256(part)
     if sha256 is not None and digest != sha256.lower():
         part.unlink()
         raise HashMismatch(url, f"{url}: sha256 {digest} is not the pinned {sha256.lower()}; the file was deleted")

@@ -33,9 +33,9 @@ try:
 except ImportError:  # pragma: no cover - Windows: no lock, the rest works
     fcntl = None  # type: ignore[assignment]
 
-from model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_spec, save_checkpoint
+from model.checkpoint import CheckpointError, file_sha256, load_checkpoint, read_checkpoint_spec, save_checkpoint
 from model.torchreid_import import import_torchreid, load_torchreid_state_dict
-from training.download import ChunkHook, DownloadError, Unreachable, download_first, sha256_file
+from training.download import ChunkHook, DownloadError, Unreachable, download_first
 from training.zoo import ZooEntry, get_entry
 
 logger = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ def _download_and_convert(
     downloaded = False
     origin = raw.with_name(raw.name + ".url")  # which URL the cached download came from, for the provenance
     if raw.is_file() and not force:
-        digest = sha256_file(raw)
+        digest = file_sha256(raw)
         url = origin.read_text().strip() if origin.is_file() else urls[0]
         if entry.sha256 is not None and digest != entry.sha256:
             logger.warning("cached %s has sha256 %s, not the pinned one: downloading again", raw, digest)

@@ -11,8 +11,7 @@ backend_unavailable, then recovery by itself.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tests.conftest import SHARED_DATA
 from tests.support.images import files_field, player_png
 from tests.support.live_server import LiveServer, server_env
 from tests.support.milvus_server import MilvusLiteServer
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -125,15 +125,6 @@ def top1(client: httpx.Client, collection: str, probes: list[tuple[str, bytes]])
     return [r["matches"][0]["label"] for r in response.json()["results"]]
 
 
-def wait_until(condition: Callable[[], bool], what: str, deadline_s: float = 90.0) -> None:
-    """Poll until true (a readiness deadline, not an ordering sleep)."""
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def ready(server: LiveServer) -> bool:
     try:
         return httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200
@@ -224,7 +215,7 @@ def test_kill_9_and_restart_of_milvus_keeps_every_acknowledged_item(cluster: Clu
         items = register(a, "durable", crops.gallery[:8])
     cluster.milvus.kill()
     cluster.milvus.start()
-    wait_until(lambda: ready(cluster.a) and ready(cluster.b), "both replicas ready again")
+    wait_until(lambda: ready(cluster.a) and ready(cluster.b), "both replicas ready again", timeout_s=90.0)
     with cluster.a.client() as a, cluster.b.client() as b:
         for item in items:
             assert b.get(f"/gallery/{item['id']}").status_code == 200
@@ -247,5 +238,5 @@ def test_milvus_down_answers_503_backend_unavailable_then_recovers(cluster: Clus
             assert response.status_code == 503, response.text
             assert response.json()["error"] == "backend_unavailable" and response.headers["Retry-After"]
         cluster.milvus.start()
-        wait_until(lambda: ready(cluster.b), "replica B ready again")
+        wait_until(lambda: ready(cluster.b), "replica B ready again", timeout_s=90.0)
         assert top1(b, "outage", crops.gallery[:2]) == [label for label, _ in crops.gallery[:2]]

@@ -11,9 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.gated_app import InferenceGate, queue_depth, wait_until
+from tests.support.gated_app import InferenceGate, queue_depth
 from tests.support.images import encode, files_field, noise_image, player_jpeg, player_png
 from tests.support.live_server import LiveServer, server_env
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.slow
 

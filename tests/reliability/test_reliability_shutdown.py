@@ -19,9 +19,10 @@ import pytest
 
 from service.batching import DynamicBatcher
 from tests.reliability.conftest import ServerFactory, report
-from tests.support.gated_app import InferenceGate, queue_depth, wait_until
+from tests.support.gated_app import InferenceGate, queue_depth
 from tests.support.images import files_field, player_png
 from tests.support.live_server import LiveServer
+from tests.support.polling import wait_until
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from service.gallery.milvus import MilvusConfig, MilvusGallery, ModelMismatchErr
 from service.gallery.milvus_filters import UnsafeFilterValueError, literal
 from tests.service.test_service_gallery import DIM, items, unit
 from tests.support.milvus_server import MilvusLiteServer
+from tests.support.polling import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +28,6 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusLi
     """One Milvus Lite gRPC server for the module (start-up takes seconds); tests use their own prefixes."""
     with MilvusLiteServer(tmp_path_factory.mktemp("milvus") / "data") as server:
         yield server
-
-
-def wait_until(condition: Callable[[], bool], what: str, deadline_s: float = 60.0) -> None:
-    """Poll ``condition`` until true (a readiness deadline, not an ordering sleep)."""
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def embedded(path: Path, fingerprint: str = "fp", dim: int = DIM) -> MilvusGallery:

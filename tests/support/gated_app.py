@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,22 +30,13 @@ logger = logging.getLogger(__name__)
 
 GATE_ENV = "TEST_INFERENCE_GATE_DIR"
 
-__all__ = ["GATE_ENV", "InferenceGate", "app", "queue_depth", "wait_until"]
+__all__ = ["GATE_ENV", "InferenceGate", "app", "queue_depth"]
 
 
 def queue_depth(client: httpx.Client) -> float:
     """Crops waiting in the server's inference queue, read from /metrics."""
     match = re.search(r"^reid_queue_depth (\S+)$", client.get("/metrics").text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
-    """Poll an observable state of the server until it holds (the bound turns a hang into a failure)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        time.sleep(0.02)
 
 
 class InferenceGate:

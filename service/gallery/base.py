@@ -81,6 +81,16 @@ class GalleryObserver(Protocol):
     def forget_collection(self, collection: str) -> None: ...
 
 
+class NoObserver:
+    """A GalleryObserver that ignores everything (galleries opened outside the service: tools, benchmarks)."""
+
+    def set_gallery_size(self, collection: str, size: int) -> None:
+        pass
+
+    def forget_collection(self, collection: str) -> None:
+        pass
+
+
 class CollectionNotFoundError(NotFoundError):
     def __init__(self, name: str) -> None:
         super().__init__("collection_not_found", f"collection {name!r} does not exist")

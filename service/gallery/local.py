@@ -36,6 +36,7 @@ from service.gallery.base import (
     GalleryItem,
     GalleryObserver,
     NewItem,
+    NoObserver,
     ScoredItem,
     find_repeats,
 )
@@ -55,14 +56,6 @@ def _item(row: GalleryRow) -> GalleryItem:
         created_at=row.created_at,
         sha256=row.sha256,
     )
-
-
-class _NoObserver:
-    def set_gallery_size(self, collection: str, size: int) -> None:
-        pass
-
-    def forget_collection(self, collection: str) -> None:
-        pass
 
 
 @dataclass
@@ -97,7 +90,7 @@ class LocalGallery:
         self.embedding_dim = store.embedding_dim
         self.snapshot_dir = snapshot_dir
         self.fingerprint = fingerprint
-        self._observer: GalleryObserver = observer or _NoObserver()
+        self._observer: GalleryObserver = observer or NoObserver()
         self._write_lock = threading.Lock()
         if index.source is None:
             index.source = store

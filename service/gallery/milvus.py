@@ -50,6 +50,7 @@ from service.gallery.base import (
     GalleryItem,
     GalleryObserver,
     NewItem,
+    NoObserver,
     ScoredItem,
     find_repeats,
 )
@@ -171,14 +172,6 @@ def _item(row: dict[str, Any]) -> GalleryItem:
     )
 
 
-class _NoObserver:
-    def set_gallery_size(self, collection: str, size: int) -> None:
-        pass
-
-    def forget_collection(self, collection: str) -> None:
-        pass
-
-
 class MilvusGallery:
     """Galleries in Milvus; safe for concurrent use by the route threads and by several replicas."""
 
@@ -192,7 +185,7 @@ class MilvusGallery:
         self.embedding_dim = int(embedding_dim)
         self.items_name = f"{config.prefix}_items"
         self.catalog_name = f"{config.prefix}_catalog"
-        self._observer: GalleryObserver = observer or _NoObserver()
+        self._observer: GalleryObserver = observer or NoObserver()
         self._write_lock = threading.Lock()
 
     # ------------------------------------------------------------ opening

@@ -25,6 +25,8 @@ import asyncio
 import logging
 import os
 import re
+import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -231,7 +233,7 @@ def measure(
                           host)
         for i in range(count)
     ]
-    before_stages = _scrape(url) if target == "service" else None
+    before_stages = _scrape(url) if target in ("service", "before") else None
     cpu_before, client_before = _process_cpu(pid), time.process_time()
     sent, done, errors, seconds = asyncio.run(
         _load(host, int(port), requests, concurrency, args.warmup, args.duration)
@@ -284,7 +286,7 @@ def stage_summary(before: dict[str, dict[str, Any]], after: dict[str, dict[str, 
         cumulative = [entry["buckets"][b] - old["buckets"].get(b, 0.0) for b in bounds]
 
         def quantile(q: float, bounds: list[float] = bounds, cumulative: list[float] = cumulative) -> float:
-            return next(b for b, c in zip(bounds, cumulative, strict=True) if c >= q * count) * 1000
+            return next(b for b, c in zip(bounds, cumulative, strict=True) if c >= q * cumulative[-1]) * 1000
 
         out[stage] = {
             "count": count,
@@ -313,6 +315,36 @@ def ray_peer(graph: Path, threads: int) -> Iterator[tuple[str, None] | None]:
         yield url, None
 
 
+@contextmanager
+def tree_server(tree: Path, env: dict[str, str], log_path: Path) -> Iterator[tuple[str, int]]:
+    """The service of another checkout (``--baseline``, e.g. the main branch), started like LiveServer does it."""
+    import httpx
+
+    from tests.support.live_server import free_port
+
+    port = free_port()
+    full_env = {**os.environ, **env, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, cwd=tree, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"baseline service did not start: {log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
 def populate(url: str, crops: list[bytes]) -> None:
     import httpx
 
@@ -339,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, default=SHARED_DATA / "osnet_x0_25_market1501.pth")
     parser.add_argument("--tar", type=Path, default=SHARED_DATA / "cuhk03_64x128.tar")
     parser.add_argument("--server-env", nargs="*", default=[], help="extra KEY=VALUE for the service")
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="another checkout whose service joins the run as target 'before'"
+    )
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     if args.quick:
@@ -354,19 +389,22 @@ def main(argv: list[str] | None = None) -> int:
         raw_throughput(checkpoint, [32], args.threads, 0.2, "onnxruntime", cache)  # exports the graph once
         graph = cached_graph_path(cache, file_sha256(checkpoint))
         thread_env = {"OMP_NUM_THREADS": str(args.threads)}
-        service = stack.enter_context(
-            LiveServer(
-                server_env(
-                    checkpoint, tmp / "data", REID_RUNTIME="onnxruntime", REID_ONNX_CACHE_DIR=str(cache),
-                    REID_MAX_BATCH_SIZE="32", REID_MAX_DELAY_MS="5", REID_TORCH_THREADS=str(args.threads),
-                    REID_WARMUP_BATCHES="2", REID_LOG_LEVEL="WARNING", **thread_env,
-                    **dict(kv.split("=", 1) for kv in args.server_env),
-                ),
-                log_path=tmp / "service.log",
-            )
+        env = server_env(
+            checkpoint, tmp / "data", REID_RUNTIME="onnxruntime", REID_ONNX_CACHE_DIR=str(cache),
+            REID_MAX_BATCH_SIZE="32", REID_MAX_DELAY_MS="5", REID_TORCH_THREADS=str(args.threads),
+            REID_WARMUP_BATCHES="2", REID_LOG_LEVEL="WARNING", **thread_env,
+            **dict(kv.split("=", 1) for kv in args.server_env),
         )
+        service = stack.enter_context(LiveServer(env, log_path=tmp / "service.log"))
         populate(service.url, registered)
         targets: dict[str, tuple[str, int | None]] = {"service": (service.url, service.process.pid)}  # type: ignore[union-attr]
+        if args.baseline is not None:
+            before = stack.enter_context(
+                tree_server(args.baseline.resolve(), {**env, "REID_DATA_DIR": str(tmp / "data-before")},
+                            tmp / "before.log")
+            )
+            populate(before[0], registered)
+            targets["before"] = before
         if not args.no_floor:
             floor = stack.enter_context(
                 LiveServer(
@@ -387,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
                 for name, (url, pid) in targets.items()
                 for per, conc in SCENARIOS
             ]
-            rounds.append({"round": number, "raw_crops_s": raw["best_crops_per_s"], "loads": [asdict(x) for x in loads]})
+            rounds.append(
+                {"round": number, "raw_crops_s": raw["best_crops_per_s"], "loads": [asdict(x) for x in loads]}
+            )
         service_log = service.logs()[-4000:]
 
     payload = summarise(rounds)

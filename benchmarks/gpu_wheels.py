@@ -19,7 +19,6 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +34,9 @@ MACHINE_LIST = Path(__file__).with_name("gpu_machine_packages.txt")
 # machine's CUDA 13 within 64 MiB; see gpu_check.sh) and onnxruntime (already on the machine).
 DEFAULT_EXTRAS = ("cpu",)
 # Never imported by the GPU check: the embedded Milvus Lite server (imported only for a local-file REID_MILVUS_URI).
-NOT_IMPORTED: dict[str, str] = {"milvus-lite": "embedded Milvus Lite server: only a local-file REID_MILVUS_URI imports it"}
+NOT_IMPORTED: dict[str, str] = {
+    "milvus-lite": "embedded Milvus Lite server: only a local-file REID_MILVUS_URI imports it",
+}
 # Of the 64 MiB a device call carries, the rest is for the working tree.
 LIMIT_MIB = 48
 MACHINE = {
@@ -187,5 +188,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-    tempfile.tempdir = None
     sys.exit(main())

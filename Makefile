@@ -16,7 +16,7 @@ MODEL ?=
 PY := $(VENV)/bin/python
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
-# With the dev extra, the reference scorers the tests compare against (tests/training/test_reference_scorers.py):
+# With the dev extra, the reference scorers the tests compare against (tests/training/evaluation/test_reference_scorers.py):
 # torchreid's evaluation and re-ranking, and SoccerNet's scorer without its downloader's dependencies.
 ORACLES := $(if $(findstring dev,$(EXTRAS)),$(comma)oracles)
 # What `make serve` serves, and what it may build first: the demo checkpoint or a zoo download, never anything else.

@@ -68,9 +68,9 @@ def noisy_copies(vectors: np.ndarray, count: int, rng: np.random.Generator) -> n
 
 
 def open_backend(kind: str, index: str, folder: Path, server_uri: str | None, prefix: str) -> Any:
-    from service.gallery.local import LocalGallery
-    from service.gallery.milvus import MilvusConfig, MilvusGallery
-    from service.index import IndexConfig
+    from service.gallery.local.backend import LocalGallery
+    from service.gallery.local.index import IndexConfig
+    from service.gallery.milvus.backend import MilvusConfig, MilvusGallery
 
     if kind == "local":
         return LocalGallery.open(folder / f"{prefix}.sqlite3", DIM, "bench", IndexConfig())
@@ -169,7 +169,7 @@ def measure_backend(
 def _replica_worker(
     uri: str, prefix: str, queries: np.ndarray, threads: int, requests: int, gate: Any, out: Any
 ) -> None:
-    from service.gallery.milvus import MilvusConfig, MilvusGallery
+    from service.gallery.milvus.backend import MilvusConfig, MilvusGallery
 
     gallery = MilvusGallery.open(MilvusConfig(uri=uri, prefix=prefix, timeout_s=600), DIM, "bench")
     gate.wait()

@@ -137,8 +137,8 @@ def part_train(device: torch.device, size: tuple[int, int], steps: int, budget: 
                warmup: int = 3) -> dict[str, Any]:
     """``steps`` optimiser steps of pose_bilinear (two layer-wise heads) on random crops, AMP as in training."""
     from training.config import LossConfig
-    from training.loop import train_step
-    from training.losses import ReIDCriterion
+    from training.train.loop import train_step
+    from training.train.losses import ReIDCriterion
 
     torch.manual_seed(0)
     num_classes, P, K = 512, 8, 4
@@ -172,7 +172,7 @@ def part_train(device: torch.device, size: tuple[int, int], steps: int, budget: 
 
 def _raw_service_rate(checkpoint: Path, device: str, batch: int, seconds: float) -> float:
     """Crops/s of the service's own Embedder on ``device`` at one batch size (the service/raw reference)."""
-    from service.embedder import Embedder
+    from service.inference.embedder import Embedder
 
     embedder = Embedder.from_checkpoint(checkpoint, device)
     crops = np.random.default_rng(0).integers(0, 256, size=(batch, 3, *embedder.input_size), dtype=np.uint8)
@@ -221,7 +221,7 @@ def part_faiss(n: int, dim: int, queries: int, budget: Budget, cap: float) -> di
     """Flat (exact) vs HNSW (service settings) on ``n`` clustered unit vectors; HNSW grows until its time is up."""
     import faiss
 
-    from service.index import IndexConfig
+    from service.gallery.local.index import IndexConfig
 
     stop = time.perf_counter() + budget.left(cap)
     threads = os.cpu_count() or 1

@@ -1,6 +1,6 @@
 """Index lifecycle benchmark on the local gallery: background HNSW build, queries during it, restarts.
 
-Builds a gallery of N random unit vectors through the gallery layer (SQLite + FAISS, service/gallery/local.py),
+Builds a gallery of N random unit vectors through the gallery layer (SQLite + FAISS, service/gallery/local/backend.py),
 crossing --hnsw-min-size so the HNSW index is built in the background; single-vector queries (k=10) run in a
 loop for as long as the build does, then on the idle index. Then the gallery is closed and reopened twice: with
 its snapshot (load + replay) and without it (exact index from SQLite, serving at once, HNSW rebuilt in the
@@ -30,8 +30,8 @@ logger = logging.getLogger(__name__)
 
 
 def _open(path: Path, dim: int, min_size: int) -> Any:
-    from service.gallery.local import LocalGallery
-    from service.index import IndexConfig
+    from service.gallery.local.backend import LocalGallery
+    from service.gallery.local.index import IndexConfig
 
     return LocalGallery.open(path / "gallery.sqlite3", dim, "bench", IndexConfig(hnsw_min_size=min_size))
 

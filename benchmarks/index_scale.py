@@ -4,8 +4,8 @@ For each gallery size N and dimension D it measures build time, queries/s (queri
 of one /query request with 32 crops), recall@10 against exact search and index memory. Gallery vectors are a
 normalised Gaussian mixture (about 20 crops per "identity", like a tracklet's crops), and queries are noisy
 copies of gallery points, so approximate indexes face the near-duplicate neighbourhoods real galleries have.
-The rebuild part fills the service's real SQLite store (service/store.py) and times ``rebuild_indexes``, the
-start-up path of the service, with the current IndexConfig defaults and with exact search only.
+The rebuild part fills the service's real SQLite store (service/gallery/local/store.py) and times
+``rebuild_indexes``, the start-up path of the service, with the current IndexConfig defaults and with exact search only.
 
     .venv/bin/python -m benchmarks.index_scale --out benchmarks/results/index_scale.json
     .venv/bin/python -m benchmarks.index_scale --quick --out /tmp/index_quick.json
@@ -206,10 +206,10 @@ def bench_one(
 
 def bench_rebuild(n: int, dim: int, seed: int, default_config: Any) -> dict[str, Any]:
     """Fill the real SQLite store with n rows, then time the service's start-up rebuild (default + flat only)."""
-    from service.gallery.local import LocalGallery
-    from service.index import FaissIndexRegistry, IndexConfig
-    from service.metrics import ServiceMetrics
-    from service.store import GalleryStore, NewItem
+    from service.core.metrics import ServiceMetrics
+    from service.gallery.local.backend import LocalGallery
+    from service.gallery.local.index import FaissIndexRegistry, IndexConfig
+    from service.gallery.local.store import GalleryStore, NewItem
 
     vectors = clustered_vectors(n, dim, seed)
     with tempfile.TemporaryDirectory(prefix="reid-bench-rebuild-") as tmp:
@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         args.hnsw, args.rebuild_dim = ["32:200:2000", "16:100:2000"], 64
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
-    from service.index import IndexConfig
-    from service.settings import Settings
+    from service.core.settings import Settings
+    from service.gallery.local.index import IndexConfig
 
     defaults = {name: Settings.model_fields[name].default for name in Settings.model_fields}
     service_config = IndexConfig(

@@ -1,9 +1,9 @@
 """Where one 32-crop /query spends its time: hash, decode, resize, to-array, decode pool, stack, forward, search,
 SQLite, and the whole request through the ASGI app (the rest is HTTP, multipart and response building).
 
-Stages are timed with perf_counter around the service's own functions (service/imaging.py, Embedder.embed_batch,
-FaissIndexRegistry.search, GalleryStore.get_by_faiss_ids) on a gallery of --gallery vectors in the real SQLite
-store; medians over --repeats runs. osnet_x0_25 at 256x128 with random weights, as in service_load.
+Stages are timed with perf_counter around the service's own functions (service/inference/imaging.py,
+Embedder.embed_batch, FaissIndexRegistry.search, GalleryStore.get_by_faiss_ids) on a gallery of --gallery vectors in the
+real SQLite store; medians over --repeats runs. osnet_x0_25 at 256x128 with random weights, as in service_load.
 
     .venv/bin/python -m benchmarks.profile_hot_path --out benchmarks/results/profile_hot_path.json
     .venv/bin/python -m benchmarks.profile_hot_path --crop-width 256 --crop-height 512 --out /tmp/profile_big.json
@@ -41,13 +41,13 @@ ensure_repo_on_path()
 
 from benchmarks.service_load import make_checkpoint  # noqa: E402
 from service.app import create_app  # noqa: E402
-from service.embedder import Embedder  # noqa: E402
-from service.gallery.local import LocalGallery  # noqa: E402
-from service.imaging import ImageLimits, decode_crop  # noqa: E402
-from service.index import FaissIndexRegistry  # noqa: E402
-from service.metrics import ServiceMetrics  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from service.store import GalleryStore, NewItem  # noqa: E402
+from service.core.metrics import ServiceMetrics  # noqa: E402
+from service.core.settings import Settings  # noqa: E402
+from service.gallery.local.backend import LocalGallery  # noqa: E402
+from service.gallery.local.index import FaissIndexRegistry  # noqa: E402
+from service.gallery.local.store import GalleryStore, NewItem  # noqa: E402
+from service.inference.embedder import Embedder  # noqa: E402
+from service.inference.imaging import ImageLimits, decode_crop  # noqa: E402
 from tests.support.images import encode, files_field, player_crop  # noqa: E402
 
 logger = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ from benchmarks.common import (
 
 ensure_repo_on_path()
 
-from training.data import read_soccernet_train  # noqa: E402
-from training.sampler import PKSampler  # noqa: E402
-from training.synthetic import SyntheticConfig, generate_soccernet_tree  # noqa: E402
+from training.data.readers import read_soccernet_train  # noqa: E402
+from training.data.sampler import PKSampler  # noqa: E402
+from training.data.synthetic import SyntheticConfig, generate_soccernet_tree  # noqa: E402
 
 PLAYERS_PER_ACTION = (4, 6, 8, 10, 12)
 

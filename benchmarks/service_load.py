@@ -51,7 +51,7 @@ from benchmarks.common import (
 ensure_repo_on_path()
 
 from model import build_model, read_checkpoint_spec, save_checkpoint  # noqa: E402
-from service.embedder import Embedder  # noqa: E402
+from service.inference.embedder import Embedder  # noqa: E402
 from tests.support.images import encode, files_field, player_crop  # noqa: E402
 from tests.support.live_server import LiveServer, server_env  # noqa: E402
 

@@ -5,7 +5,7 @@ CUHK03 (../shared/data/cuhk03_64x128.tar: crops <pid>_<idx>.jpg, idx 00-04 camer
 by OSNet-x0.25 with the torchreid Market-1501 weights (../shared/data/osnet_x0_25_market1501.pth), the first
 ``--people`` identities in sorted order. Camera-A crops are the gallery (labels = identities), camera-B crops the
 queries; a tracklet is several camera-B crops of one person. All scoring goes through model/pooling.py and
-training/calibration.py, the code the service and the calibration use.
+training/calibration/threshold.py, the code the service and the calibration use.
 
 1. rank-1 (top candidate label) for one crop, the mean of unit embeddings (``mean``), the quality-weighted mean
    (``consistency``), and the max over crops of each gallery item's score, under each per-label gallery rule
@@ -53,7 +53,7 @@ from model.pooling import (  # noqa: E402
     pool_groups,
 )
 from model.thresholds import DEFAULT_BUCKETS, bucket_of  # noqa: E402
-from training.calibration import (  # noqa: E402
+from training.calibration.threshold import (  # noqa: E402
     calibrate_size_buckets,
     calibrate_threshold,
     sample_tracklets,

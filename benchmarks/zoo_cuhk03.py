@@ -1,6 +1,6 @@
 """CUHK03 rank-1 of zoo models, fetched by reid-fetch and measured through the running service.
 
-Each model is fetched through the real download path (training/fetch.py) from a loopback mirror serving the
+Each model is fetched through the real download path (training/zoo/fetch.py) from a loopback mirror serving the
 torchreid files of ../shared/data under their upstream names, then served by a real uvicorn process. Protocol,
 for each person of CUHK03 (not in any zoo model's training data): crop ``<pid>_00`` (camera A) is registered
 through POST /gallery, crop ``<pid>_05`` (camera B) is queried through POST /query (top_k 5); rank-1 / rank-5 say
@@ -36,8 +36,8 @@ ensure_repo_on_path()
 from tests.support.file_server import FileServer  # noqa: E402
 from tests.support.images import files_field  # noqa: E402
 from tests.support.live_server import LiveServer, server_env  # noqa: E402
-from training.fetch import CACHE_ENV, MIRROR_ENV, fetch_model  # noqa: E402
-from training.zoo import ZOO  # noqa: E402
+from training.zoo.fetch import CACHE_ENV, MIRROR_ENV, fetch_model  # noqa: E402
+from training.zoo.registry import ZOO  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -20,19 +20,19 @@ from fastapi import FastAPI
 from PIL import Image
 
 from model.checkpoint import file_sha256
-from service.batching import DynamicBatcher
-from service.deps import ServiceState, ThresholdPolicy
-from service.docs import install_docs
-from service.embedder import Embedder
-from service.errors import install_error_handlers
+from service.core.errors import install_error_handlers
+from service.core.metrics import RequestMetricsMiddleware, ServiceMetrics
+from service.core.settings import Settings
+from service.core.version import VERSION
 from service.gallery.factory import open_gallery
-from service.imaging import ImageLimits
-from service.metrics import RequestMetricsMiddleware, ServiceMetrics
-from service.routes import api_router, health_router
-from service.settings import Settings
-from service.store import FingerprintMismatchError
-from service.upload_limit import UploadLimitMiddleware
-from service.version import VERSION
+from service.gallery.local.store import FingerprintMismatchError
+from service.http.deps import ServiceState, ThresholdPolicy
+from service.http.docs import install_docs
+from service.http.routes import api_router, health_router
+from service.http.upload_limit import UploadLimitMiddleware
+from service.inference.batching import DynamicBatcher
+from service.inference.embedder import Embedder
+from service.inference.imaging import ImageLimits
 
 logger = logging.getLogger(__name__)
 

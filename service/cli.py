@@ -15,8 +15,8 @@ import logging
 import uvicorn
 
 from service.app import create_app
-from service.settings import Settings
-from service.version import VERSION
+from service.core.settings import Settings
+from service.core.version import VERSION
 
 logger = logging.getLogger(__name__)
 

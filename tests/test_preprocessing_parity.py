@@ -1,6 +1,7 @@
 """Serving and training see the same crop: one PNG, one JPEG and one EXIF-rotated JPEG file each give the same
-embedding through the service path (service.imaging.decode_crop + service.embedder.Embedder) and through the
-training path (training.data.ReidImageDataset's loader + eval_transform, in training.inference.extract_embeddings).
+embedding through the service path (service.inference.imaging.decode_crop + service.inference.embedder.Embedder)
+and through the training path (training.data.readers.ReidImageDataset's loader + eval_transform, in
+training.evaluation.evaluate.extract_embeddings).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import torch
 from PIL import Image
 
 from model import load_checkpoint
-from service.embedder import Embedder
-from service.imaging import ImageLimits, decode_crop
+from service.inference.embedder import Embedder
+from service.inference.imaging import ImageLimits, decode_crop
 from tests.support.images import encode, player_crop
-from training.data import Sample
-from training.inference import extract_embeddings
+from training.data.readers import Sample
+from training.evaluation.evaluate import extract_embeddings
 
 LIMITS = ImageLimits(max_file_bytes=10_000_000, max_pixels=10_000_000, max_side=4096, min_side=8)
 EXIF_ORIENTATION = 0x0112

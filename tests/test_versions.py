@@ -17,8 +17,8 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.settings import Settings
-from service.version import DISTRIBUTION, VERSION
+from service.core.settings import Settings
+from service.core.version import DISTRIBUTION, VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -7,7 +7,7 @@
     reid-export models/pose_bilinear.safetensors --format onnx --out models/pose_bilinear.onnx
     reid-demo-model --out artifacts/demo.safetensors        # SYNTHETIC players, CPU, a few minutes
     reid-synthetic --out data/synthetic --games 8
-    reid-fetch --list                                      # the pretrained model zoo (training/zoo.py)
+    reid-fetch --list                                      # the pretrained model zoo (training/zoo/registry.py)
     reid-fetch osnet_x1_0_msmt17 --out artifacts/osnet_x1_0_msmt17.safetensors
 """
 
@@ -36,7 +36,7 @@ def _setup_logging() -> None:
 def train_main(argv: list[str] | None = None) -> int:
     """reid-train [--config FILE] [dotted.key=value ...]"""
     from training.config import ConfigError, load_config
-    from training.loop import train
+    from training.train.loop import train
 
     parser = argparse.ArgumentParser(prog="reid-train", description="Train a re-id model (see training/config.py).")
     parser.add_argument("--config", type=Path, help="YAML config; defaults are used for missing keys")
@@ -67,7 +67,7 @@ def _is_main_rank() -> bool:
 
 
 def _read_eval_split(fmt: str, root: str, eval_split: str, cuhk03_eval_pids: tuple[int, int]) -> Any:
-    from training.data import read_cuhk03, read_market1501, read_soccernet
+    from training.data.readers import read_cuhk03, read_market1501, read_soccernet
 
     if fmt == "soccernet":
         return read_soccernet(root, eval_split=eval_split, train_split=None)
@@ -90,15 +90,15 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def _challenge_main(args: argparse.Namespace, model: Any, device: torch.device) -> int:
     """Rank the hidden-label challenge split and write the official ranking file; never print a score."""
-    from training.challenge import check_ranking, ranking_filename, ranking_results, write_ranking
-    from training.evaluation import compute_distance_matrix
-    from training.inference import extract_embeddings
+    from training.evaluation.challenge import check_ranking, ranking_filename, ranking_results, write_ranking
+    from training.evaluation.evaluate import extract_embeddings
+    from training.evaluation.metrics import compute_distance_matrix
 
     split = _read_eval_split("soccernet", args.data_root, "challenge", tuple(args.cuhk03_eval_pids))
     query = extract_embeddings(model, split.query, device, args.batch_size, progress=True)
     gallery = extract_embeddings(model, split.gallery, device, args.batch_size, progress=True)
     if args.rerank:
-        from training.reranking import rerank_per_group
+        from training.evaluation.reranking import rerank_per_group
 
         distmat = rerank_per_group(query.feats, gallery.feats, query.groups, gallery.groups)
     else:
@@ -121,8 +121,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     writes only that file (labels are hidden there, so no score is printed).
     """
     from model.device import resolve_device
-    from training.inference import evaluate_model, protocol_for
-    from training.loop import write_plots
+    from training.evaluation.evaluate import evaluate_model, protocol_for
+    from training.train.loop import write_plots
 
     parser = argparse.ArgumentParser(prog="reid-eval", description="Evaluate a checkpoint on a data set.")
     parser.add_argument("checkpoint", type=Path)
@@ -150,8 +150,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     }
     distmat = result.distmat
     if args.rerank:
-        from training.evaluation import evaluate_market, evaluate_soccernet
-        from training.reranking import rerank_per_group
+        from training.evaluation.metrics import evaluate_market, evaluate_soccernet
+        from training.evaluation.reranking import rerank_per_group
 
         q, g = result.query, result.gallery
         if protocol_for(split) == "soccernet":
@@ -165,7 +165,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         if args.data_format == "soccernet":
-            from training.challenge import ranking_filename, ranking_results, write_ranking
+            from training.evaluation.challenge import ranking_filename, ranking_results, write_ranking
 
             ranking = ranking_results(split.query, split.gallery, distmat)
             report["ranking_file"] = str(write_ranking(ranking, args.out / ranking_filename(args.eval_split)))
@@ -251,7 +251,7 @@ def _synthetic_data(data_dir: Path, synthetic: Any) -> None:
     import shutil
     from dataclasses import asdict
 
-    from training.synthetic import generate_soccernet_tree
+    from training.data.synthetic import generate_soccernet_tree
 
     summary = data_dir / "synthetic_summary.json"
     if summary.is_file() and json.loads(summary.read_text()).get("config") == asdict(synthetic):
@@ -274,8 +274,8 @@ def build_demo_model(out: Path, work_dir: Path, epochs: int = DEMO_EPOCHS, seed:
     Returns the export summary (threshold, valid metrics) plus "seconds" (wall time, data generation included).
     """
     from training.config import load_config
-    from training.loop import train
-    from training.synthetic import SyntheticConfig
+    from training.data.synthetic import SyntheticConfig
+    from training.train.loop import train
 
     started = time.perf_counter()
     synthetic = SyntheticConfig(**{**DEMO_SYNTHETIC, **(synthetic_overrides or {}), "seed": seed})
@@ -329,7 +329,7 @@ def demo_model_main(argv: list[str] | None = None) -> int:
 
 def _zoo_table() -> str:
     """The registry as a fixed-width table: name, architecture, data, pinned hash, published and measured rank-1."""
-    from training.zoo import MEASURED_PROTOCOL, ZOO
+    from training.zoo.registry import MEASURED_PROTOCOL, ZOO
 
     rows = [("name", "arch", "training data", "sha256", "published R1", "CUHK03 R1 here (100 / all)")]
     for entry in ZOO.values():
@@ -352,8 +352,8 @@ def _zoo_table() -> str:
 
 def fetch_main(argv: list[str] | None = None) -> int:
     """reid-fetch NAME [--out FILE] | reid-fetch --list: a pretrained model of the zoo as a serving checkpoint."""
-    from training.fetch import CACHE_ENV, MIRROR_ENV, FetchError, cache_dir, fetch_model
-    from training.zoo import ZOO
+    from training.zoo.fetch import CACHE_ENV, MIRROR_ENV, FetchError, cache_dir, fetch_model
+    from training.zoo.registry import ZOO
 
     parser = argparse.ArgumentParser(
         prog="reid-fetch",

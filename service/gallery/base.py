@@ -2,7 +2,7 @@
 
 A gallery holds named collections of items (a label, JSON metadata, the SHA-256 of the crop bytes and a unit
 embedding of dimension D). Every method blocks; routes call them in a worker thread, never on the event loop.
-Backends: ``local`` (SQLite + in-process FAISS, service/gallery/local.py) and ``milvus``.
+Backends: ``local`` (SQLite + in-process FAISS, service/gallery/local/backend.py) and ``milvus``.
 
     gallery.add("match-1", [NewItem("home-7", {}, sha, emb)])     # emb (D,) float32, unit norm; all or nothing
     hits = gallery.search("match-1", queries, k=10)              # queries (Q, D) -> Q lists of ScoredItem, best first
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.errors import NotFoundError, ServiceError
+from service.core.errors import NotFoundError, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class GalleryHealth:
 
 
 class GalleryObserver(Protocol):
-    """Told about collection sizes (the Prometheus gauges in service/metrics.py)."""
+    """Told about collection sizes (the Prometheus gauges in service/core/metrics.py)."""
 
     def set_gallery_size(self, collection: str, size: int) -> None: ...
 

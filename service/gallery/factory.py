@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 
+from service.core.settings import Settings
 from service.gallery.base import Gallery, GalleryObserver
-from service.gallery.local import LocalGallery
-from service.gallery.milvus import MilvusConfig, MilvusGallery
-from service.index import IndexConfig
-from service.settings import Settings
+from service.gallery.local.backend import LocalGallery
+from service.gallery.local.index import IndexConfig
+from service.gallery.milvus.backend import MilvusConfig, MilvusGallery
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from model import read_checkpoint_spec, save_checkpoint
 from tests.conftest import shared_file
 from tests.support.images import files_field
 from tests.support.live_server import LiveServer, server_env
-from training.calibrate import CollectionShape, calibrate_checkpoint
+from training.calibration.simulated import CollectionShape, calibrate_checkpoint
 
 pytestmark = [
     pytest.mark.slow,

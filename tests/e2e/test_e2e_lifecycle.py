@@ -1,6 +1,6 @@
 """Gallery lifecycle through real uvicorn processes: kill -9 mid-build and mid-snapshot, model upgrades.
 
-Fault points (service/faults.py) park the server exactly where the crash must happen; the test waits for the
+Fault points (service/core/faults.py) park the server exactly where the crash must happen; the test waits for the
 marker file the server writes there, then sends SIGKILL.
 """
 
@@ -107,7 +107,9 @@ def test_kill9_during_a_snapshot_write_keeps_the_previous_snapshot(make_server: 
 
 
 def run_reindex(checkpoint: Path, data: Path, **env: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "service.reindex", "--checkpoint", str(checkpoint), "--data-dir", str(data)]
+    command = [
+        sys.executable, "-m", "service.gallery.local.reindex", "--checkpoint", str(checkpoint), "--data-dir", str(data),
+    ]
     command += ["--device", "cpu", "--batch-size", "4", "--no-progress"]
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **env}
     return subprocess.Popen(command, cwd=REPO_ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -4,8 +4,8 @@ Tiny inputs (32x16) and random weights with randomised batch-norm statistics, so
 mode (batch statistics) or with the normalisation left out would not match. Each export takes 10-50 s of a
 shared 2-core machine, so the default run covers pose_bilinear (whose ResNet-50 backbone, OpenPose stream and
 Tensor Sketch cover the layer types of resnet50) here, and osnet_x0_25 through the service's graph of the tiny
-checkpoint (tests/service/test_service_runtime.py, tests/training/test_cli.py); RUN_SLOW_TESTS=1 adds osnet_x0_25,
-osnet_x1_0 and resnet50 here. The service checks every graph it exports against torch before serving it.
+checkpoint (tests/service/inference/test_service_runtime.py, tests/training/test_cli.py); RUN_SLOW_TESTS=1 adds
+osnet_x0_25, osnet_x1_0 and resnet50 here. The service checks every graph it exports against torch before serving it.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.batching import DynamicBatcher
+from service.inference.batching import DynamicBatcher
 from tests.reliability.conftest import ServerFactory, report
 from tests.support.gated_app import InferenceGate, queue_depth
 from tests.support.images import files_field, player_png
@@ -148,7 +148,7 @@ def test_batcher_drain_embeds_queued_crops_before_stopping() -> None:
                 draining.set()
 
     handler = DrainStarted()
-    batching_logger = logging.getLogger("service.batching")
+    batching_logger = logging.getLogger("service.inference.batching")
     batching_logger.addHandler(handler)
     previous_level = batching_logger.level
     batching_logger.setLevel(logging.INFO)

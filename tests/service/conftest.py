@@ -15,7 +15,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.settings import Settings
+from service.core.settings import Settings
 
 AppFactory = Callable[..., TestClient]
 # The API contract runs on every gallery backend (milvus: Milvus Lite embedded on a file in tmp_path).

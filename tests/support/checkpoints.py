@@ -37,7 +37,7 @@ def prepare_onnx_cache(checkpoint: Path, cache_dir: Path) -> Path:
     """Export ``checkpoint``'s graph with ``reid-export --format onnx`` into ``cache_dir``, under the name the
     service's runtime looks up (tests/training/test_cli.py checks that graph); returns its path."""
     from model.checkpoint import file_sha256
-    from service.runtime import cached_graph_path
+    from service.inference.runtime import cached_graph_path
     from training.cli import export_main
 
     graph = cached_graph_path(cache_dir, file_sha256(checkpoint))

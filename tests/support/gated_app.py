@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 
 from service.app import app
-from service.embedder import Embedder
+from service.inference.embedder import Embedder
 
 logger = logging.getLogger(__name__)
 

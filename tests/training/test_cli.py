@@ -10,10 +10,10 @@ import torch
 
 from model import CheckpointError, load_checkpoint, read_checkpoint_spec
 from training.cli import build_demo_model, eval_main, export_main, train_main
-from training.data import read_soccernet
-from training.evaluation import evaluate_soccernet
-from training.inference import evaluate_model
-from training.reranking import rerank_per_group
+from training.data.readers import read_soccernet
+from training.evaluation.evaluate import evaluate_model
+from training.evaluation.metrics import evaluate_soccernet
+from training.evaluation.reranking import rerank_per_group
 
 TINY_SYNTHETIC = {"train_games": 3, "valid_games": 1, "players_per_action": 4, "views": 3, "height": 32,
                   "width": 16}
@@ -124,8 +124,8 @@ def test_reid_export_onnx_writes_the_graph_the_service_serves(tiny_checkpoint: P
 
     from model.checkpoint import file_sha256
     from model.export import FINGERPRINT_KEY, INPUT_NAME, read_onnx_metadata, spec_from_metadata
-    from service.embedder import Embedder
-    from service.runtime import cached_graph_path
+    from service.inference.embedder import Embedder
+    from service.inference.runtime import cached_graph_path
 
     graph = cached_graph_path(Path(os.environ["REID_ONNX_CACHE_DIR"]), file_sha256(tiny_checkpoint))
     metadata = read_onnx_metadata(graph)

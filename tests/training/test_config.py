@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from model.pose import OpenPoseBody
 from training.config import ConfigError, TrainConfig, load_config, parse_override, save_config
-from training.loop import build_training_model
+from training.train.loop import build_training_model
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -1,0 +1,1 @@
+"""The Milvus gallery backend: client wrapper and filter-expression building."""

@@ -1,0 +1,486 @@
+"""HTTP layer: multipart parsing, validation and response shaping. Heavy work is delegated: decoding to the
+decode thread pool, inference to the batcher, FAISS and SQLite calls to worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Annotated, Any
+from uuid import UUID
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.core.errors import ImageError, NotFoundError, NotReadyError, OverloadedError, ServiceError
+from service.core.version import VERSION
+from service.gallery import BackendUnavailableError, CollectionNotFoundError, GalleryItem, NewItem, ScoredItem
+from service.http.deps import ServiceState, StateDep, require_api_key
+from service.http.schemas import (
+    COLLECTION_PATTERN,
+    CollectionInfoOut,
+    CollectionsResponse,
+    DeletedCollection,
+    DeletedItem,
+    DuplicateErrorResponse,
+    ErrorResponse,
+    GalleryAddResponse,
+    GalleryItemDetail,
+    GalleryPage,
+    HealthResponse,
+    InfoResponse,
+    Match,
+    QueryResponse,
+)
+from service.http.schemas import (
+    GalleryItem as GalleryItemOut,
+)
+from service.http.tracklets import parse_tracklets, pool_queries, rank_matches
+from service.inference.imaging import DecodedCrop, decode_crop
+
+logger = logging.getLogger(__name__)
+
+MAX_LABEL_LENGTH = 128
+# Per item's JSON metadata, on every backend alike (Milvus caps a JSON field at 64 KiB).
+MAX_METADATA_BYTES = 16 * 1024
+# SQLite integers are 64-bit (a larger OFFSET raised OverflowError -> 500); 2**53 also stays exact in JSON clients.
+MAX_OFFSET = 2**53
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+health_router = APIRouter(tags=["health"])
+api_router = APIRouter(dependencies=[Depends(require_api_key)], responses=_errors(401, 500, 503))
+
+FilesField = Annotated[
+    list[UploadFile],
+    File(min_length=1, description="One or more player crops (JPEG, PNG or WebP), one part per crop."),
+]
+CollectionForm = Annotated[
+    str,
+    Form(
+        pattern=COLLECTION_PATTERN,
+        description="Collection (gallery) name, [A-Za-z0-9_.-]{1,64}.",
+        examples=["match-2024-05-12"],
+    ),
+]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _check_file_count(state: ServiceState, files: list[UploadFile]) -> None:
+    if len(files) > state.settings.max_files:
+        raise ServiceError(
+            413, "too_many_files", f"{len(files)} files sent, at most {state.settings.max_files} per request"
+        )
+
+
+async def _decode_all(state: ServiceState, files: list[UploadFile]) -> tuple[list[DecodedCrop], list[bytes]]:
+    """Decode every upload in the thread pool; the first bad file (by position) is the error reported.
+
+    Returns the decoded crops and the uploaded bytes (kept as the item's image when crops are stored).
+    """
+    limits = state.image_limits
+    payloads: list[bytes] = []
+    for i, upload in enumerate(files):
+        if upload.size is not None and upload.size > limits.max_file_bytes:
+            raise ImageError(
+                413,
+                "file_too_large",
+                i,
+                upload.filename,
+                f"{upload.size} bytes exceeds the per-file limit of {limits.max_file_bytes} bytes",
+            )
+        payloads.append(await upload.read())
+    loop = asyncio.get_running_loop()
+    tasks = [
+        loop.run_in_executor(
+            state.decode_pool, decode_crop, data, i, upload.filename, state.embedder.input_size, limits
+        )
+        for i, (data, upload) in enumerate(zip(payloads, files, strict=True))
+    ]
+    decoded = await asyncio.gather(*tasks, return_exceptions=True)
+    for outcome in decoded:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return [d for d in decoded if isinstance(d, DecodedCrop)], payloads
+
+
+def _admit(state: ServiceState, count: int) -> None:
+    """Refuse a request under overload before paying for decoding its uploads."""
+    try:
+        state.batcher.ensure_capacity(count)
+    except OverloadedError:
+        state.metrics.rejected.labels(reason="overloaded").inc()
+        raise
+
+
+async def _embed(state: ServiceState, crops: list[DecodedCrop]) -> np.ndarray:
+    try:
+        return await state.batcher.embed([c.pixels for c in crops])
+    except OverloadedError:
+        state.metrics.rejected.labels(reason="overloaded").inc()
+        raise
+
+
+def _parse_metadata(raw: list[str] | None, count: int) -> list[dict[str, Any]]:
+    if not raw:
+        return [{} for _ in range(count)]
+    if len(raw) != count:
+        raise ServiceError(
+            422,
+            "metadata_count_mismatch",
+            f"{len(raw)} metadata fields for {count} files: send one per file (or none)",
+        )
+    parsed: list[dict[str, Any]] = []
+    for i, text in enumerate(raw):
+        if not text.strip():
+            parsed.append({})
+            continue
+        if len(text.encode()) > MAX_METADATA_BYTES:
+            raise ServiceError(
+                422, "metadata_too_large", f"metadata #{i} is {len(text.encode())} bytes, at most {MAX_METADATA_BYTES}"
+            )
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ServiceError(422, "invalid_metadata", f"metadata #{i} is not valid JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise ServiceError(
+                422, "invalid_metadata", f"metadata #{i} must be a JSON object, got {type(value).__name__}"
+            )
+        parsed.append(value)
+    return parsed
+
+
+def _check_labels(labels: list[str], count: int) -> None:
+    if len(labels) != count:
+        raise ServiceError(
+            422,
+            "label_count_mismatch",
+            f"{len(labels)} labels for {count} files: send one `labels` field per file",
+        )
+    for i, label in enumerate(labels):
+        if not label.strip() or len(label) > MAX_LABEL_LENGTH:
+            raise ServiceError(
+                422, "invalid_label", f"label #{i} must be 1 to {MAX_LABEL_LENGTH} characters and not blank"
+            )
+
+
+async def _require_collection(state: ServiceState, collection: str) -> None:
+    if not await asyncio.to_thread(state.gallery.has_collection, collection):
+        raise CollectionNotFoundError(collection)
+
+
+def _detail(item: GalleryItem) -> GalleryItemDetail:
+    return GalleryItemDetail(
+        id=UUID(item.id),
+        label=item.label,
+        collection=item.collection,
+        metadata=item.metadata,
+        created_at=item.created_at,
+        sha256=item.sha256,
+    )
+
+
+def _matches(hits: list[ScoredItem]) -> list[Match]:
+    return [Match(id=UUID(h.item.id), label=h.item.label, score=h.score) for h in hits]
+
+
+# ---------------------------------------------------------------- health
+
+
+@health_router.get("/healthz", response_model=HealthResponse, summary="Liveness: the process answers")
+async def healthz() -> HealthResponse:
+    return HealthResponse(status="ok")
+
+
+@health_router.get(
+    "/readyz",
+    response_model=HealthResponse,
+    responses=_errors(503),
+    summary="Readiness: model loaded and warmed up, indexes rebuilt",
+)
+async def readyz(request: Request) -> HealthResponse:
+    state: ServiceState | None = getattr(request.app.state, "reid", None)
+    if state is None or not state.ready:
+        raise NotReadyError("model or index not ready yet")
+    health = await asyncio.to_thread(state.gallery.health)
+    if not health.ok:
+        raise BackendUnavailableError(f"gallery backend {health.backend!r}: {health.detail}")
+    return HealthResponse(status="ready")
+
+
+# ---------------------------------------------------------------- gallery
+
+
+@api_router.post(
+    "/gallery",
+    status_code=201,
+    response_model=GalleryAddResponse,
+    tags=["gallery"],
+    responses={**_errors(400, 413, 415, 422), 409: {"model": DuplicateErrorResponse}},
+    summary="Register crops (all or nothing)",
+    description=(
+        "Registers every file or none. The same crop bytes (by SHA-256) cannot be registered twice in one "
+        "collection: such a request answers 409 `duplicate_crop` with the id of the item already holding them, "
+        "and registers nothing."
+    ),
+)
+async def add_to_gallery(
+    state: StateDep,
+    files: FilesField,
+    collection: CollectionForm,
+    labels: Annotated[
+        list[str],
+        Form(
+            min_length=1,
+            description="Player identity per file, one field per file, in file order.",
+            examples=[["home-7"]],
+        ),
+    ],
+    metadata: Annotated[
+        list[str] | None,
+        Form(
+            description="Optional JSON object per file (one field per file, in file order).",
+            examples=[['{"frame": 1532, "camera": "main"}']],
+        ),
+    ] = None,
+) -> GalleryAddResponse:
+    _check_file_count(state, files)
+    _check_labels(labels, len(files))
+    parsed_metadata = _parse_metadata(metadata, len(files))
+    _admit(state, len(files))
+    crops, payloads = await _decode_all(state, files)
+    embeddings = await _embed(state, crops)
+    keep = state.settings.store_crops
+    items = [
+        NewItem(label=label, metadata=meta, sha256=crop.sha256, embedding=emb, crop=data if keep else None)
+        for label, meta, crop, emb, data in zip(labels, parsed_metadata, crops, embeddings, payloads, strict=True)
+    ]
+    added = await asyncio.to_thread(state.gallery.add, collection, items)
+    logger.info("registered %d crops in %s", len(added), collection)
+    return GalleryAddResponse(
+        items=[GalleryItemOut(id=UUID(a.id), label=a.label, collection=a.collection) for a in added]
+    )
+
+
+@api_router.get(
+    "/gallery",
+    response_model=GalleryPage,
+    tags=["gallery"],
+    responses=_errors(404, 422),
+    summary="List gallery items, one page at a time",
+)
+async def list_gallery(
+    state: StateDep,
+    collection: Annotated[
+        str | None,
+        Query(
+            pattern=COLLECTION_PATTERN,
+            description="Only this collection (all when omitted).",
+            examples=["match-2024-05-12"],
+        ),
+    ] = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.", examples=[0])] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.", examples=[50])] = 50,
+) -> GalleryPage:
+    total, items = await asyncio.to_thread(state.gallery.list_items, collection, offset, limit)
+    return GalleryPage(total=total, offset=offset, limit=limit, items=[_detail(i) for i in items])
+
+
+ItemIdPath = Annotated[UUID, Path(description="Gallery item id.", examples=["3f1c2a9e-7b4d-4e8a-9c0f-2d6b5a1e8f70"])]
+
+
+@api_router.get(
+    "/gallery/{item_id}",
+    response_model=GalleryItemDetail,
+    tags=["gallery"],
+    responses=_errors(404, 422),
+    summary="One gallery item",
+)
+async def get_gallery_item(state: StateDep, item_id: ItemIdPath) -> GalleryItemDetail:
+    item = await asyncio.to_thread(state.gallery.get, str(item_id))
+    if item is None:
+        raise NotFoundError("item_not_found", f"no gallery item with id {item_id}")
+    return _detail(item)
+
+
+_IMAGE_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF8", "image/gif"),
+    (b"BM", "image/bmp"),
+)
+
+
+def _media_type(data: bytes) -> str:
+    """The image type of a stored crop, from its first bytes (it was decoded successfully when registered)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    for signature, media_type in _IMAGE_SIGNATURES:
+        if data.startswith(signature):
+            return media_type
+    return "application/octet-stream"
+
+
+@api_router.get(
+    "/gallery/{item_id}/image",
+    tags=["gallery"],
+    response_class=Response,
+    responses={**_errors(404, 422), 200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+    summary="The crop registered for an item, exactly as uploaded",
+    description="404 `image_not_stored` when the item was registered while REID_STORE_CROPS was off, or the "
+    "gallery backend keeps no crops (`milvus`).",
+)
+async def get_gallery_image(state: StateDep, item_id: ItemIdPath) -> Response:
+    data = await asyncio.to_thread(state.gallery.get_image, str(item_id))
+    if data is None:
+        if await asyncio.to_thread(state.gallery.get, str(item_id)) is None:
+            raise NotFoundError("item_not_found", f"no gallery item with id {item_id}")
+        where = "" if state.gallery.backend == "local" else f" (the {state.gallery.backend} backend keeps no crops)"
+        raise NotFoundError("image_not_stored", f"item {item_id} was registered without keeping its crop{where}")
+    return Response(data, media_type=_media_type(data))
+
+
+@api_router.delete(
+    "/gallery/{item_id}",
+    response_model=DeletedItem,
+    tags=["gallery"],
+    responses=_errors(404, 422),
+    summary="Delete one gallery item",
+)
+async def delete_gallery_item(state: StateDep, item_id: ItemIdPath) -> DeletedItem:
+    item = await asyncio.to_thread(state.gallery.delete, str(item_id))
+    if item is None:
+        raise NotFoundError("item_not_found", f"no gallery item with id {item_id}")
+    return DeletedItem(id=item_id, collection=item.collection, deleted=True)
+
+
+# ---------------------------------------------------------------- collections
+
+
+@api_router.get(
+    "/collections",
+    response_model=CollectionsResponse,
+    tags=["collections"],
+    summary="All collections with their sizes",
+)
+async def list_collections(state: StateDep) -> CollectionsResponse:
+    infos = await asyncio.to_thread(state.gallery.collections)
+    return CollectionsResponse(
+        collections=[CollectionInfoOut(name=c.name, size=c.size, created_at=c.created_at) for c in infos]
+    )
+
+
+@api_router.delete(
+    "/collections/{name}",
+    response_model=DeletedCollection,
+    tags=["collections"],
+    responses=_errors(404, 422),
+    summary="Delete a collection and all its items",
+)
+async def delete_collection(
+    state: StateDep,
+    name: Annotated[
+        str, Path(pattern=COLLECTION_PATTERN, description="Collection name.", examples=["match-2024-05-12"])
+    ],
+) -> DeletedCollection:
+    deleted = await asyncio.to_thread(state.gallery.drop_collection, name)
+    if deleted is None:
+        raise CollectionNotFoundError(name)
+    logger.info("deleted collection %s (%d items)", name, deleted)
+    return DeletedCollection(name=name, deleted_items=deleted)
+
+
+# ---------------------------------------------------------------- query
+
+
+@api_router.post(
+    "/query",
+    response_model=QueryResponse,
+    tags=["query"],
+    responses=_errors(400, 404, 413, 415, 422),
+    summary="Who is this crop? Ranked matches per crop",
+)
+async def query(
+    state: StateDep,
+    files: FilesField,
+    collection: CollectionForm,
+    top_k: Annotated[int, Form(ge=1, le=1000, description="Matches returned per crop.", examples=[10])] = 10,
+    threshold: Annotated[
+        float | None,
+        Form(ge=-1.0, le=1.0, description="Override of the match threshold (cosine, -1..1).", examples=[0.6]),
+    ] = None,
+    tracklets: Annotated[
+        list[str] | None,
+        Form(
+            description="Optional tracklet per file (one field per file, in file order): files sharing a value are "
+            "pooled into one query, answered once, in order of first appearance.",
+            examples=[["track-12"]],
+        ),
+    ] = None,
+) -> QueryResponse:
+    _check_file_count(state, files)
+    groups = parse_tracklets(tracklets, len(files))
+    await _require_collection(state, collection)
+    _admit(state, len(files))
+    crops, _ = await _decode_all(state, files)
+    queries = pool_queries(await _embed(state, crops), groups)  # (Q, D) crops -> (T, D), one per tracklet
+    hits = await asyncio.to_thread(state.gallery.search, collection, queries, top_k)
+    policy = state.threshold
+    results = [
+        rank_matches(_matches(per), policy.for_crops(g.crops, threshold), g)
+        for per, g in zip(hits, groups, strict=True)
+    ]
+    return QueryResponse(results=results, threshold=policy.for_crops(1, threshold))
+
+
+# ---------------------------------------------------------------- info and metrics
+
+
+@api_router.get("/info", response_model=InfoResponse, tags=["info"], summary="Model card of the checkpoint")
+async def info(state: StateDep) -> InfoResponse:
+    embedder = state.embedder.info
+    spec = embedder.spec
+    return InfoResponse(
+        version=VERSION,
+        architecture=spec.architecture,
+        embedding_dim=spec.embedding_dim,
+        input_size=[spec.preprocess.height, spec.preprocess.width],
+        threshold=state.threshold.value,
+        threshold_source=state.threshold.source,
+        checkpoint_threshold=state.threshold.checkpoint_value,
+        thresholds_by_size=dict(state.threshold.by_size),
+        calibration=dict(spec.calibration) or None,
+        device=embedder.device,
+        autocast=embedder.autocast,
+        runtime=embedder.runtime,
+        runtime_reason=embedder.runtime_reason,
+        format_version=spec.format_version,
+        checkpoint=embedder.checkpoint.rsplit("/", 1)[-1],
+        metrics=dict(spec.metrics),
+        train_meta=dict(spec.train_meta),
+        provenance=dict(spec.provenance),
+        max_batch_size=state.settings.max_batch_size,
+        max_files=state.settings.max_files,
+    )
+
+
+@api_router.get(
+    "/metrics",
+    tags=["info"],
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def metrics(request: Request) -> Response:
+    # Served even before readiness: a scrape during start-up should see the process, not a 503.
+    service_metrics = request.app.state.metrics
+    return Response(service_metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,1 @@
+"""Inference: image decoding -> dynamic batcher -> embedder on a runtime (torch or ONNX Runtime)."""

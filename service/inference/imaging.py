@@ -1,0 +1,131 @@
+"""Upload bytes -> validated, EXIF-oriented RGB crop resized to the model input, as a uint8 (3, H, W) array.
+
+Runs in a worker thread (never on the event loop). Everything that can go wrong with a client's file is turned
+into an ImageError naming the file, so the route can answer 4xx and store nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.core.errors import ImageError
+
+logger = logging.getLogger(__name__)
+
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Per-image limits; pixels and sides are checked from the header, before any pixel is decoded."""
+
+    max_file_bytes: int
+    max_pixels: int
+    max_side: int
+    min_side: int
+
+
+@dataclass(frozen=True)
+class DecodedCrop:
+    """A crop ready for the model: pixels (3, H, W) uint8 RGB at the model's input size."""
+
+    pixels: np.ndarray
+    sha256: str
+    original_size: tuple[int, int]  # (width, height) before resizing
+    image_format: str
+
+
+def decode_crop(
+    data: bytes, index: int, filename: str | None, input_size: tuple[int, int], limits: ImageLimits
+) -> DecodedCrop:
+    """Decode, orient and resize one upload. input_size is (H, W). Raises ImageError on any bad file."""
+    if not data:
+        raise ImageError(400, "empty_file", index, filename, "the file is empty (0 bytes)")
+    if len(data) > limits.max_file_bytes:
+        raise ImageError(
+            413,
+            "file_too_large",
+            index,
+            filename,
+            f"{len(data)} bytes exceeds the per-file limit of {limits.max_file_bytes} bytes",
+        )
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x MAX_IMAGE_PIXELS; our own check below is the real limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+    except Image.DecompressionBombError as exc:
+        raise ImageError(413, "image_too_large", index, filename, f"decompression bomb refused: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(
+            415,
+            "unsupported_media_type",
+            index,
+            filename,
+            "not a JPEG, PNG or WebP image",
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(400, "invalid_image", index, filename, f"cannot read the image header: {exc}") from exc
+
+    with image:
+        width, height = image.size
+        _check_dimensions(width, height, index, filename, limits)
+        try:
+            image.load()
+            # Transposing after load so a broken EXIF block surfaces as a decode error, not a 500.
+            oriented = ImageOps.exif_transpose(image) or image
+            rgb = oriented.convert("RGB")
+        except Image.DecompressionBombError as exc:
+            raise ImageError(413, "image_too_large", index, filename, f"decompression bomb refused: {exc}") from exc
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageError(
+                400, "invalid_image", index, filename, f"the image data is truncated or corrupt: {exc}"
+            ) from exc
+        image_format = str(image.format)
+
+    height_out, width_out = input_size
+    # PIL bilinear (with its antialiasing support) is what the training eval transform uses.
+    resized = rgb.resize((width_out, height_out), Image.Resampling.BILINEAR)
+    pixels = np.ascontiguousarray(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1))
+    return DecodedCrop(
+        pixels=pixels,
+        sha256=hashlib.sha256(data).hexdigest(),
+        original_size=(width, height),
+        image_format=image_format,
+    )
+
+
+def _check_dimensions(width: int, height: int, index: int, filename: str | None, limits: ImageLimits) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError(400, "invalid_image", index, filename, f"the image has zero size ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise ImageError(
+            413,
+            "image_too_large",
+            index,
+            filename,
+            f"{width}x{height} = {width * height} pixels exceeds the limit of {limits.max_pixels}",
+        )
+    if max(width, height) > limits.max_side:
+        raise ImageError(
+            413,
+            "image_too_large",
+            index,
+            filename,
+            f"{width}x{height}: the longer side exceeds {limits.max_side} px",
+        )
+    if min(width, height) < limits.min_side:
+        raise ImageError(
+            400,
+            "image_too_small",
+            index,
+            filename,
+            f"{width}x{height}: the shorter side is below {limits.min_side} px",
+        )

@@ -1,0 +1,1 @@
+"""Training data: data-set readers, P x K sampler, synthetic players, image transforms."""

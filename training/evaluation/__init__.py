@@ -1,0 +1,1 @@
+"""Evaluation: metrics on arrays, re-ranking, whole-model evaluation, the challenge export."""

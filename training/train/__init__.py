@@ -1,0 +1,1 @@
+"""The training loop, its losses and its plots."""

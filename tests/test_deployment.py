@@ -37,7 +37,6 @@ COMPOSE_CPU = ROOT / "docker" / "compose.cpu.yml"
 PROMETHEUS = ROOT / "docker" / "prometheus.yml"
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
-OPERATIONS = ROOT / "docs" / "operations.md"
 MAKEFILE = ROOT / "Makefile"
 CI_SCRIPT = ROOT / ".ci" / "run"
 REID_VAR = re.compile(r"\bREID_[A-Z0-9_]+\b")
@@ -364,12 +363,6 @@ def test_every_reid_variable_is_a_settings_field() -> None:
         assert used or name.endswith(".md"), f"{name} names no REID_ variable at all"
         unknown = used - fields
         assert not unknown, f"{name} uses REID_ variables that are not settings: {sorted(unknown)}"
-
-
-def test_docs_settings_table_lists_every_setting() -> None:
-    fields = settings_env_names()
-    table = set(re.findall(r"^\| `(REID_[A-Z0-9_]+)` \|", OPERATIONS.read_text(), re.M))
-    assert table == fields, f"missing: {sorted(fields - table)}, unknown: {sorted(table - fields)}"
 
 
 def test_deployment_env_values_are_valid_settings(

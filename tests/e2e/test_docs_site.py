@@ -115,6 +115,8 @@ def test_built_site_loads_nothing_from_outside(site: Path) -> None:
         text = asset.read_text(encoding="utf-8", errors="replace")
         external += [f"{asset.name}: {m.group(0)}" for m in EXTERNAL_URL.finditer(text)]
     assert not external, f"resources outside the site: {external[:20]}"
+    unrendered = [p.name for p in site.rglob("*.html") if "<!-- generated:" in p.read_text(encoding="utf-8")]
+    assert not unrendered, f"generated blocks left unrendered (docs/_hooks/reference.py not run?): {unrendered}"
     assert "fonts.googleapis" not in "".join(p.read_text(errors="replace") for p in site.rglob("*.html"))
 
 

@@ -88,6 +88,7 @@ def test_requests_queued_together_share_one_search_per_collection_in_arrival_ord
     assert fake.calls == [("a", [0.0], 2), ("a", [1.0, 2.0, 4.0], 2), ("b", [3.0], 2), ("a", [5.0], 3)]
     assert searcher.calls == 4
     first, a1, b1, a2, a_k3 = results
+    assert [[h.item.id for h in per] for per in first] == [["a-0-0", "a-0-1"]]
     assert [[h.item.id for h in per] for per in a1] == [["a-1-0", "a-1-1"], ["a-2-0", "a-2-1"]]
     assert [[h.item.id for h in per] for per in a2] == [["a-4-0", "a-4-1"]]
     assert [[h.item.id for h in per] for per in b1] == [["b-3-0", "b-3-1"]]
@@ -116,6 +117,7 @@ def test_a_failed_search_fails_only_its_group() -> None:
         first, missing_1, missing_2, other = asyncio.run(scenario())
     finally:
         searcher.stop()
+    assert not isinstance(first, BaseException)
     assert isinstance(missing_1, CollectionNotFoundError) and isinstance(missing_2, CollectionNotFoundError)
     assert [h.item.id for h in other[0]] == ["a-3-0"]  # type: ignore[index]
 

@@ -95,16 +95,16 @@ class Load:
 # ------------------------------------------------------------------ inputs
 
 
-def prepare_model(folder: Path, weights: Path) -> tuple[Path, str]:
+def prepare_model(folder: Path, weights: Path, input_size: tuple[int, int] = (256, 128)) -> tuple[Path, str]:
     """OSNet-x0.25 with the torchreid Market-1501 weights when present, else random init; (checkpoint, what)."""
     target = folder / "osnet_x0_25.safetensors"
     if weights.is_file():
         from model.torchreid_import import load_torchreid_checkpoint
 
-        save_checkpoint(load_torchreid_checkpoint(weights, "osnet_x0_25", (256, 128)), target)
-        return target, f"osnet_x0_25, torchreid weights {weights.name}"
+        save_checkpoint(load_torchreid_checkpoint(weights, "osnet_x0_25", input_size), target)
+        return target, f"osnet_x0_25 at {input_size}, torchreid weights {weights.name}"
     logger.warning("%s is absent: random weights (throughput does not depend on them)", weights)
-    return make_checkpoint(target, "osnet_x0_25", (256, 128)), "osnet_x0_25, random weights"
+    return make_checkpoint(target, "osnet_x0_25", input_size), f"osnet_x0_25 at {input_size}, random weights"
 
 
 def prepare_crops(tar_path: Path, count: int) -> tuple[list[bytes], str]:
@@ -388,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw-seconds", type=float, default=4.0)
     parser.add_argument("--gallery", type=int, default=500, help="items registered in the service before the load")
     parser.add_argument("--crops", type=int, default=256, help="distinct query crops")
+    parser.add_argument(
+        "--input-size", type=int, nargs=2, default=[256, 128], metavar=("H", "W"),
+        help="model input; a small one (64 32) makes the forward cheap, so the service's own overhead shows",
+    )
     parser.add_argument("--no-floor", action="store_true", help="skip the floor app")
     parser.add_argument("--weights", type=Path, default=SHARED_DATA / "osnet_x0_25_market1501.pth")
     parser.add_argument("--tar", type=Path, default=SHARED_DATA / "cuhk03_64x128.tar")
@@ -405,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="reid-bench-vs-raw-") as tmp_name, ExitStack() as stack:
         tmp = Path(tmp_name)
-        checkpoint, model_text = prepare_model(tmp, args.weights)
+        checkpoint, model_text = prepare_model(tmp, args.weights, tuple(args.input_size))  # type: ignore[arg-type]
         cache = tmp / "onnx"
         raw_throughput(checkpoint, [32], args.threads, 0.2, "onnxruntime", cache)  # exports the graph once
         graph = cached_graph_path(cache, file_sha256(checkpoint))

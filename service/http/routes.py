@@ -288,11 +288,38 @@ async def list_gallery(
             examples=["match-2024-05-12"],
         ),
     ] = None,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.", examples=[0])] = 0,
+    offset: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=MAX_OFFSET,
+            description="Items to skip (shifts when items are deleted; prefer after).",
+            examples=[0],
+        ),
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.", examples=[50])] = 50,
+    after: Annotated[
+        UUID | None,
+        Query(
+            description=(
+                "Cursor: start right after this item (the previous page's next). Nothing is skipped or repeated "
+                "when items are deleted between pages, even the cursor item itself."
+            ),
+        ),
+    ] = None,
 ) -> GalleryPage:
-    total, items = await asyncio.to_thread(state.gallery.list_items, collection, offset, limit)
-    return GalleryPage(total=total, offset=offset, limit=limit, items=[_detail(i) for i in items])
+    if after is not None and offset:
+        raise ServiceError(400, "bad_request", "give either offset or after, not both")
+    cursor = None if after is None else str(after)
+    total, items = await asyncio.to_thread(state.gallery.list_items, collection, offset, limit, cursor)
+    return GalleryPage(
+        total=total,
+        offset=offset,
+        limit=limit,
+        after=after,
+        next=UUID(items[-1].id) if len(items) == limit else None,
+        items=[_detail(i) for i in items],
+    )
 
 
 ItemIdPath = Annotated[UUID, Path(description="Gallery item id.", examples=["3f1c2a9e-7b4d-4e8a-9c0f-2d6b5a1e8f70"])]

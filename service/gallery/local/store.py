@@ -16,7 +16,6 @@ import logging
 import os
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from service.core.errors import InsufficientStorageError
-from service.gallery.base import CollectionInfo, NewItem
+from service.gallery.base import CollectionInfo, NewItem, UnknownCursorError
+from service.gallery.ids import OrderedIds, is_ordered_id
 from service.gallery.local.index import SourceView
 
 __all__ = ["CollectionInfo", "FingerprintMismatchError", "GalleryRow", "GalleryStore", "NewItem", "StoreError"]
@@ -204,6 +204,10 @@ class GalleryStore:
         self._conn.executescript(_SCHEMA)
         if check_meta:
             self._check_meta(model_fingerprint)
+        # Item ids are UUIDv7 in faiss id order (galleries from before keep their UUIDv4 ids, all older).
+        self._new_id = OrderedIds()
+        newest = self._conn.execute("SELECT id FROM items ORDER BY faiss_id DESC LIMIT 1").fetchone()
+        self._new_id.resume_after(None if newest is None else str(newest[0]))
 
     def close(self) -> None:
         with self._lock:
@@ -271,7 +275,7 @@ class GalleryStore:
                 "INSERT OR IGNORE INTO collections(name, created_at) VALUES (?, ?)", (collection, created)
             )
             for item, blob, meta in zip(items, blobs, metadata, strict=True):
-                item_id = str(uuid.uuid4())
+                item_id = self._new_id()
                 cursor = self._conn.execute(
                     "INSERT INTO items(id, collection, label, metadata, created_at, sha256, embedding) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -333,16 +337,44 @@ class GalleryStore:
                     found[row.faiss_id] = row
         return found
 
-    def list_items(self, collection: str | None, offset: int, limit: int) -> tuple[int, list[GalleryRow]]:
-        """(total, one page of rows in insertion order), optionally within one collection."""
+    def list_items(
+        self, collection: str | None, offset: int, limit: int, after: str | None = None
+    ) -> tuple[int, list[GalleryRow]]:
+        """(total, one page of rows in insertion order), optionally within one collection.
+
+        The page starts at ``offset``, or with ``after`` (an item id) right after that item's place, which is
+        found even for a deleted item when its id is time-ordered (UnknownCursorError otherwise).
+        """
         where, params = ("WHERE collection = ?", [collection]) if collection is not None else ("", [])
         with self._lock:
             total = self._conn.execute(f"SELECT COUNT(*) FROM items {where}", params).fetchone()[0]
-            page = self._conn.execute(
-                f"SELECT {_ROW_COLUMNS} FROM items {where} ORDER BY faiss_id LIMIT ? OFFSET ?",
-                [*params, limit, offset],
-            ).fetchall()
+            if after is None:
+                page = self._conn.execute(
+                    f"SELECT {_ROW_COLUMNS} FROM items {where} ORDER BY faiss_id LIMIT ? OFFSET ?",
+                    [*params, limit, offset],
+                ).fetchall()
+            else:
+                start = self._cursor_position(after)
+                page = self._conn.execute(
+                    f"SELECT {_ROW_COLUMNS} FROM items {where} {'AND' if where else 'WHERE'} faiss_id > ? "
+                    "ORDER BY faiss_id LIMIT ?",
+                    [*params, start, limit],
+                ).fetchall()
         return int(total), [_row(v) for v in page]
+
+    def _cursor_position(self, after: str) -> int:
+        """The faiss id a listing continues after (caller holds the lock): the item's own, or for a deleted
+        time-ordered id, just below the first time-ordered item registered after it (ids and faiss ids grow
+        together)."""
+        found = self._conn.execute("SELECT faiss_id FROM items WHERE id = ?", (after,)).fetchone()
+        if found is not None:
+            return int(found[0])
+        if not is_ordered_id(after):
+            raise UnknownCursorError(after)
+        following = self._conn.execute(
+            "SELECT MIN(faiss_id) FROM items WHERE id > ? AND substr(id, 15, 1) = '7'", (after,)
+        ).fetchone()[0]
+        return 2**63 - 1 if following is None else int(following) - 1
 
     def delete_item(self, item_id: str) -> GalleryRow | None:
         """Delete one row (committed); returns it, or None when the id is unknown."""

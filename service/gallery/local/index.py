@@ -317,6 +317,12 @@ class _CollectionIndex:
             self.max_id = max(self.max_id, int(ids.max()))
 
     def remove(self, ids: np.ndarray) -> int:
+        if self.kind == "flat" and not self.on_gpu and self.delta is None and not self.building:
+            # One pass over the flat index for the whole batch (one call per id would move the vectors each time).
+            removed = int(self.main.remove_ids(np.unique(ids)))
+            self.count -= removed
+            self.changes += removed
+            return removed
         removed = 0
         for i in ids.tolist():
             one = np.array([i], dtype=np.int64)

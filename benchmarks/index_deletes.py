@@ -25,6 +25,7 @@ from benchmarks.common import base_parser, machine_info, markdown_table, percent
 logger = logging.getLogger(__name__)
 
 SHARES = (0.0, 0.1, 0.3)
+build_threads = faiss.omp_get_max_threads()
 K = 10
 
 
@@ -67,12 +68,14 @@ def legacy_hnsw_search(registry: Any, collection: str, query: np.ndarray, k: int
         tombstones = index.tombstones
         fetch = min(k + len(tombstones), index.main.ntotal)
         params = faiss.SearchParametersHNSW()
-        params.efSearch = max(index.config.hnsw_ef_search, fetch)
+        params.efSearch = max(index.config.hnsw_ef_search, fetch)  # the old rule: the beam grows with fetch
         _, ids = index.main.search(query, fetch, params=params)
     return [int(i) for i in ids[0] if i >= 0 and int(i) not in tombstones][:k]
 
 
-def run_kind(kind: str, vectors: np.ndarray, queries: np.ndarray, n_legacy: int, seed: int) -> dict[str, Any]:
+def run_kind(
+    kind: str, vectors: np.ndarray, queries: np.ndarray, n_legacy: int, seed: int, threads: int
+) -> dict[str, Any]:
     from service.gallery.local.index import FaissIndexRegistry, IndexConfig, _hnsw_cpu
 
     n, dim = vectors.shape
@@ -80,6 +83,7 @@ def run_kind(kind: str, vectors: np.ndarray, queries: np.ndarray, n_legacy: int,
     registry = FaissIndexRegistry(dim, config)
     registry.auto_build = False  # no compaction between the shares
     ids = np.arange(n, dtype=np.int64)
+    faiss.omp_set_num_threads(build_threads)
     start = time.perf_counter()
     if kind == "hnsw":
         index = _hnsw_cpu(dim, config)
@@ -97,6 +101,7 @@ def run_kind(kind: str, vectors: np.ndarray, queries: np.ndarray, n_legacy: int,
     if kind == "hnsw":
         out["legacy_p50_ms"] = {}
         out["legacy_recall_at_10"] = {}
+    faiss.omp_set_num_threads(threads)  # searches only (the build above used every core)
     for q in queries[:50]:  # warm up (caches, thread pool)
         registry.search("c", q[None, :], K)
     for share in SHARES:
@@ -132,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=300, help="single-vector searches per measurement")
     parser.add_argument("--legacy-queries", type=int, default=60, help="searches timed with the previous method")
     parser.add_argument("--kinds", default="flat,hnsw", help="comma-separated: flat, hnsw")
+    parser.add_argument("--threads", type=int, default=1, help="FAISS threads while searching (one query each)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     if args.quick:
@@ -143,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     queries = sources + 0.5 * rng.standard_normal(sources.shape, dtype=np.float32) / np.sqrt(args.dim)
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     results = {
-        kind: run_kind(kind, vectors, queries, args.legacy_queries, seed=1) for kind in args.kinds.split(",") if kind
+        kind: run_kind(kind, vectors, queries, args.legacy_queries, seed=1, threads=args.threads)
+        for kind in args.kinds.split(",")
+        if kind
     }
     payload = {
         "benchmark": "index_deletes",
@@ -153,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "dim": args.dim,
         "k": K,
         "queries": args.queries,
+        "search_threads": args.threads,
         "note": "single-query latency on a loaded shared 2-core machine; compare ratios within one run",
         **results,
     }

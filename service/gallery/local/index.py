@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -371,20 +372,27 @@ class _CollectionIndex:
         ]
 
     def _search_cpu(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        """FAISS skips the tombstones itself (the selector), so k neighbours are fetched and the HNSW beam stays
-        at its configured width however many items are deleted."""
+        """FAISS skips the tombstones itself (the selector): k neighbours are fetched, not k + tombstones, and the
+        HNSW beam grows with the deleted share (hnsw_ef), not with the number of deleted items."""
         fetch = min(k, int(self.main.ntotal))
         selector = self.tombstones.selector()
         params: Any = None
         if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = max(self.config.hnsw_ef_search, fetch)
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from the faiss stubs
+            params.efSearch = max(self.hnsw_ef(), fetch)
         elif selector is not None:
             params = faiss.SearchParameters()
         if params is not None and selector is not None:
             params.sel = selector
         scores, ids = self.main.search(queries, fetch, params=params)
         return self._hits(ids, scores)
+
+    def hnsw_ef(self) -> int:
+        """The HNSW beam width: the configured one, widened by 1 / (live share) while tombstones wait for
+        compaction (at most 2x), so the beam holds as many live vectors as without deletes and recall stays."""
+        total = int(self.main.ntotal)
+        live_share = max(0.5, (total - len(self.tombstones)) / total) if total else 1.0
+        return math.ceil(self.config.hnsw_ef_search / live_share)
 
     def _search_gpu(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """GPU flat: no selector there, and at most GPU_MAX_FETCH neighbours per search. Fetch k + tombstones up

@@ -225,7 +225,7 @@ async def readyz(request: Request) -> HealthResponse:
     status_code=201,
     response_model=GalleryAddResponse,
     tags=["gallery"],
-    responses={**_errors(400, 413, 415, 422), 409: {"model": DuplicateErrorResponse}},
+    responses={**_errors(400, 413, 415, 422, 507), 409: {"model": DuplicateErrorResponse}},
     summary="Register crops (all or nothing)",
     description=(
         "Registers every file or none. The same crop bytes (by SHA-256) cannot be registered twice in one "
@@ -275,7 +275,7 @@ async def add_to_gallery(
     "/gallery",
     response_model=GalleryPage,
     tags=["gallery"],
-    responses=_errors(404, 422),
+    responses=_errors(400, 404, 422),
     summary="List gallery items, one page at a time",
 )
 async def list_gallery(
@@ -305,6 +305,7 @@ async def list_gallery(
                 "Cursor: start right after this item (the previous page's next). Nothing is skipped or repeated "
                 "when items are deleted between pages, even the cursor item itself."
             ),
+            examples=["0190f1c2-5a3b-7000-8d1e-2d6b5a1e8f70"],
         ),
     ] = None,
 ) -> GalleryPage:
@@ -380,7 +381,7 @@ async def get_gallery_image(state: StateDep, item_id: ItemIdPath) -> Response:
     "/gallery/{item_id}",
     response_model=DeletedItem,
     tags=["gallery"],
-    responses=_errors(404, 422),
+    responses=_errors(404, 422, 507),
     summary="Delete one gallery item",
 )
 async def delete_gallery_item(state: StateDep, item_id: ItemIdPath) -> DeletedItem:
@@ -410,7 +411,7 @@ async def list_collections(state: StateDep) -> CollectionsResponse:
     "/collections/{name}",
     response_model=DeletedCollection,
     tags=["collections"],
-    responses=_errors(404, 422),
+    responses=_errors(404, 422, 507),
     summary="Delete a collection and all its items",
 )
 async def delete_collection(

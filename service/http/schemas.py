@@ -66,7 +66,7 @@ class GalleryPage(BaseModel):
     offset: int = Field(description="Offset of the first item on this page (0 when paging with after).", examples=[0])
     limit: int = Field(description="Page size asked for.", examples=[50])
     after: UUID | None = Field(
-        default=None, description="The cursor this page continues after, as given.", examples=[None]
+        default=None, description="The cursor this page continues after, as given.", examples=[_ID_EXAMPLE]
     )
     next: UUID | None = Field(
         default=None,

@@ -85,7 +85,14 @@ def fill(database: Path, n: int, dim: int) -> None:
 
 
 def run(
-    reader: str, template: Path, workdir: Path, dim: int, kind: str, rate: float, crop_bytes: int
+    reader: str,
+    template: Path,
+    workdir: Path,
+    dim: int,
+    kind: str,
+    rate: float,
+    crop_bytes: int,
+    hnsw: tuple[int, int],
 ) -> dict[str, Any]:
     from service.gallery import NewItem
     from service.gallery.local.backend import LocalGallery
@@ -99,7 +106,7 @@ def run(
     # Opened as an exact index (no build at open); the build measured is the one started below.
     gallery = LocalGallery.open(database, dim, "bench", IndexConfig(hnsw_min_size=10**12), snapshots=False)
     if kind == "hnsw":
-        config = IndexConfig(hnsw_min_size=1, hnsw_m=16, hnsw_ef_construction=40)
+        config = IndexConfig(hnsw_min_size=1, hnsw_m=hnsw[0], hnsw_ef_construction=hnsw[1])
         collection = gallery.index._get("bench")
         assert collection is not None
         gallery.index.config = collection.config = config
@@ -159,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--kind", choices=["flat", "hnsw"], default="hnsw", help="index the build makes")
     parser.add_argument("--rate", type=float, default=50.0, help="items registered per second during the build")
+    parser.add_argument("--hnsw-m", type=int, default=16)
+    parser.add_argument("--ef-construction", type=int, default=40)
     parser.add_argument("--crop-bytes", type=int, default=16_384, help="size of each registered crop")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
@@ -170,7 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         with sqlite3.connect(template / "gallery.sqlite3") as conn:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         results = {
-            reader: run(reader, template, Path(tmp), args.dim, args.kind, args.rate, args.crop_bytes)
+            reader: run(
+                reader,
+                template,
+                Path(tmp),
+                args.dim,
+                args.kind,
+                args.rate,
+                args.crop_bytes,
+                (args.hnsw_m, args.ef_construction),
+            )
             for reader in ("one_transaction", "short_transactions")
         }
     payload = {
@@ -180,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         "n": args.n,
         "dim": args.dim,
         "kind": args.kind,
+        "hnsw_m": args.hnsw_m,
+        "ef_construction": args.ef_construction,
         "write_rate_items_per_s": args.rate,
         "crop_bytes": args.crop_bytes,
         "note": "loaded shared 2-core machine; both readers measured in one run",

@@ -693,7 +693,8 @@ class FaissIndexRegistry:
         if index is None:
             return False
         with index.lock:
-            if index.building or (only_if_changed and index.changes == 0):
+            # A delta left by a failed build is not in the serving index: the next build snapshots it all.
+            if index.building or index.delta is not None or (only_if_changed and index.changes == 0):
                 return False
             cpu = index.gpu.to_cpu(index.main) if index.on_gpu and index.gpu is not None else index.main
             write(cpu, index.kind, set(index.tombstones), index.max_id)

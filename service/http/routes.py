@@ -259,7 +259,7 @@ async def readyz(request: Request) -> HealthResponse:
     status_code=201,
     response_model=GalleryAddResponse,
     tags=["gallery"],
-    responses={**_errors(400, 413, 415, 422), 409: {"model": DuplicateErrorResponse}},
+    responses={**_errors(400, 413, 415, 422, 507), 409: {"model": DuplicateErrorResponse}},
     summary="Register crops (all or nothing)",
     description=(
         "Registers every file or none. The same crop bytes (by SHA-256) cannot be registered twice in one "
@@ -309,7 +309,7 @@ async def add_to_gallery(
     "/gallery",
     response_model=GalleryPage,
     tags=["gallery"],
-    responses=_errors(404, 422),
+    responses=_errors(400, 404, 422),
     summary="List gallery items, one page at a time",
 )
 async def list_gallery(
@@ -322,11 +322,39 @@ async def list_gallery(
             examples=["match-2024-05-12"],
         ),
     ] = None,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.", examples=[0])] = 0,
+    offset: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=MAX_OFFSET,
+            description="Items to skip (shifts when items are deleted; prefer after).",
+            examples=[0],
+        ),
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.", examples=[50])] = 50,
+    after: Annotated[
+        UUID | None,
+        Query(
+            description=(
+                "Cursor: start right after this item (the previous page's next). Nothing is skipped or repeated "
+                "when items are deleted between pages, even the cursor item itself."
+            ),
+            examples=["0190f1c2-5a3b-7000-8d1e-2d6b5a1e8f70"],
+        ),
+    ] = None,
 ) -> GalleryPage:
-    total, items = await asyncio.to_thread(state.gallery.list_items, collection, offset, limit)
-    return GalleryPage(total=total, offset=offset, limit=limit, items=[_detail(i) for i in items])
+    if after is not None and offset:
+        raise ServiceError(400, "bad_request", "give either offset or after, not both")
+    cursor = None if after is None else str(after)
+    total, items = await asyncio.to_thread(state.gallery.list_items, collection, offset, limit, cursor)
+    return GalleryPage(
+        total=total,
+        offset=offset,
+        limit=limit,
+        after=after,
+        next=UUID(items[-1].id) if len(items) == limit else None,
+        items=[_detail(i) for i in items],
+    )
 
 
 ItemIdPath = Annotated[UUID, Path(description="Gallery item id.", examples=["3f1c2a9e-7b4d-4e8a-9c0f-2d6b5a1e8f70"])]
@@ -387,7 +415,7 @@ async def get_gallery_image(state: StateDep, item_id: ItemIdPath) -> Response:
     "/gallery/{item_id}",
     response_model=DeletedItem,
     tags=["gallery"],
-    responses=_errors(404, 422),
+    responses=_errors(404, 422, 507),
     summary="Delete one gallery item",
 )
 async def delete_gallery_item(state: StateDep, item_id: ItemIdPath) -> DeletedItem:
@@ -417,7 +445,7 @@ async def list_collections(state: StateDep) -> CollectionsResponse:
     "/collections/{name}",
     response_model=DeletedCollection,
     tags=["collections"],
-    responses=_errors(404, 422),
+    responses=_errors(404, 422, 507),
     summary="Delete a collection and all its items",
 )
 async def delete_collection(

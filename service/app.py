@@ -29,6 +29,7 @@ from service.gallery.local.store import FingerprintMismatchError
 from service.http.deps import ServiceState, ThresholdPolicy
 from service.http.docs import install_docs
 from service.http.routes import api_router, health_router
+from service.http.security import ConfiguredCorsMiddleware, SecurityHeadersMiddleware
 from service.http.upload_limit import UploadLimitMiddleware
 from service.inference.batching import DynamicBatcher
 from service.inference.embedder import Embedder
@@ -199,9 +200,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         current: Settings | None = app.state.settings
         return current.max_upload_bytes if current is not None else int(default_limit)
 
-    # Added last = outermost: latency is measured around the upload limit so its 413s are counted too.
+    def cors_origins() -> tuple[str, ...]:
+        current: Settings | None = app.state.settings
+        return current.cors_origins if current is not None else ()
+
+    # Added last = outermost: latency is measured around the upload limit so its 413s are counted too, and the
+    # security headers go on every answer, CORS preflights and 413s included.
     app.add_middleware(UploadLimitMiddleware, limit=upload_limit)
+    app.add_middleware(ConfiguredCorsMiddleware, origins=cors_origins)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
     return app
 
 

@@ -28,6 +28,7 @@ from service.gallery.factory import open_gallery
 from service.gallery.local.store import FingerprintMismatchError
 from service.http.deps import ServiceState, ThresholdPolicy
 from service.http.docs import install_docs
+from service.http.pages import install_ui
 from service.http.routes import api_router, health_router
 from service.http.security import ConfiguredCorsMiddleware, SecurityHeadersMiddleware
 from service.http.upload_limit import UploadLimitMiddleware
@@ -45,6 +46,7 @@ with cosine scores, candidates grouped by player, and `match: null` when nobody 
 Every error answers `{"error": code, "detail": message}`. When the server runs with `REID_API_KEY`, send it
 in the `X-API-Key` header (or as `Authorization: Bearer <key>`) on every route except `/healthz`, `/readyz` and
 the docs.
+The same features for people, in the browser: [/ui](/ui).
 """
 
 
@@ -194,6 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(api_router)
     install_docs(app)
+    install_ui(app)
     default_limit = Settings.model_fields["max_upload_bytes"].default
 
     def upload_limit() -> int:

@@ -215,6 +215,8 @@
           el(
             "td",
             {},
+            el("a", { class: "button", href: `#/gallery/${encodeURIComponent(c.name)}`, text: "Open" }),
+            " ",
             el("a", { class: "button", href: `#/query/${encodeURIComponent(c.name)}`, text: "Query" }),
             " ",
             el("button", {
@@ -441,6 +443,11 @@
         const token = state.renderToken;
         const groups = tracklet ? [files] : files.map((f) => [f]);
         $("query-results").replaceChildren(
+          el("p", {
+            class: "legend",
+            text: `${answer.results.length} answer${answer.results.length === 1 ? "" : "s"}; ranked gallery crops ` +
+              "best first, #rank · cosine score; a green frame marks a score at or above the threshold.",
+          }),
           ...answer.results.map((result, index) => queryResult(result, groups[index], override, token))
         );
         const first = document.querySelector("#query-results [data-testid=query-result] h3");
@@ -476,10 +483,9 @@
             "data-label": m.label,
             "data-id": m.id,
           },
-          el("span", { class: "rank", text: `#${rank + 1}` }),
           galleryImage(m.id, `gallery crop of ${m.label}, rank ${rank + 1}`, token),
           el("span", { class: "label", text: m.label }),
-          el("span", { class: "score", text: `score ${m.score.toFixed(3)}` })
+          el("span", { class: "score", text: `#${rank + 1} · ${m.score.toFixed(3)}` })
         )
       )
     );

@@ -182,6 +182,8 @@
     $("model-info").textContent =
       `Model ${i.architecture} (${i.checkpoint}) · threshold ${i.threshold.toFixed(3)} (${i.threshold_source})`;
     $("register-count").textContent = `up to ${i.max_files} crops per registration`;
+    $("query-threshold").placeholder = i.threshold.toFixed(2);
+    $("query-threshold").title = `empty: the service's threshold (${i.threshold_source})`;
   }
 
   async function loadCollections() {
@@ -410,7 +412,7 @@
     const pooled = result.crops > 1 ? ` for ${result.crops} pooled crops` : "";
     if (i.threshold_source === "calibrated") return `calibrated with the model${pooled}`;
     if (i.threshold_source === "setting") return "REID_THRESHOLD, set on the service";
-    return "the service's default (the model is not calibrated)";
+    return "service default; the model is not calibrated";
   }
 
   async function submitQuery(event) {

@@ -134,7 +134,8 @@
       .catch((err) => {
         img.alt = `${alt} (image unavailable: ${err.code || "error"})`;
         img.classList.add("missing");
-        if (err.code !== "image_not_stored") showError(err);
+        // A crop kept by no backend is expected (REID_STORE_CROPS off, milvus); a view left since is not ours.
+        if (err.code !== "image_not_stored" && token === state.renderToken) showError(err);
       });
     return img;
   }

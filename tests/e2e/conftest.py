@@ -51,14 +51,14 @@ def shared_server(
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """A headless chromium for a module's browser tests (tests/support/browser.py); skipped where absent."""
+    """A headless chromium for the module's browser tests (skipped where it is not installed, except in CI)."""
     with launch_chromium() as chromium:
         yield chromium
 
 
 @pytest.fixture()
 def offline_page(browser: Any) -> Iterator[OfflinePage]:
-    """A 1280x1600 page that cannot reach anything but 127.0.0.1 (requests elsewhere are aborted and noted)."""
+    """A fresh page of ``browser`` whose requests outside 127.0.0.1 are aborted and recorded."""
     page = OfflinePage(browser)
     yield page
     page.close()

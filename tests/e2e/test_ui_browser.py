@@ -53,7 +53,7 @@ def ui_server(osnet_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture()
 def ui_page(browser: Any) -> Iterator[OfflinePage]:
     """A 1280x800 page (the size the pages must be readable at) that cannot leave 127.0.0.1."""
-    page = OfflinePage(browser, width=1280, height=800)
+    page = OfflinePage(browser, viewport={"width": 1280, "height": 800})
     yield page
     page.close()
 

@@ -1,9 +1,11 @@
-"""Headless Chromium (Debian's, driven by Playwright) for the browser tests, with no network beyond 127.0.0.1.
+"""Headless Debian chromium driven by Playwright, with every request outside 127.0.0.1 aborted and recorded.
 
-    with launch_chromium() as chromium:          # skips where chromium or playwright is missing (fails in CI)
+    with launch_chromium() as chromium:          # skips the test where chromium is absent (fails in CI)
         page = OfflinePage(chromium)
-        page.page.goto(server.url + "/ui")
-        assert page.blocked == []                # nothing tried to leave 127.0.0.1
+        page.page.goto(url)
+        assert page.blocked == []                # nothing tried to reach a CDN, a font service or the internet
+
+Used by the browser tests of the service's /docs and /redoc and of the documentation site.
 """
 
 from __future__ import annotations
@@ -32,12 +34,12 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 LOCAL_HOSTS = {"127.0.0.1"}
-TIMEOUT_MS = 60_000  # two shared cores: the 1.5 MB bundle parses slowly while the server warms up
+TIMEOUT_MS = 60_000  # two shared cores: large bundles parse slowly while a server warms up
 
 
 @contextlib.contextmanager
 def launch_chromium() -> Iterator[Any]:
-    """A headless chromium; skipped where it is not installed, except in CI (.ci/run installs it)."""
+    """A headless chromium; skips where it is not installed, except in CI (.ci/run installs it)."""
     playwright_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).is_file():
         if os.environ.get("CI") == "true":
@@ -54,8 +56,8 @@ def launch_chromium() -> Iterator[Any]:
 class OfflinePage:
     """A page whose every request is checked: 127.0.0.1 goes through, anything else is aborted and noted."""
 
-    def __init__(self, browser: Any, width: int = 1280, height: int = 1600) -> None:
-        self.context = browser.new_context(viewport={"width": width, "height": height})
+    def __init__(self, browser: Any, viewport: dict[str, int] | None = None) -> None:
+        self.context = browser.new_context(viewport=viewport or {"width": 1280, "height": 1600})
         self.requested: list[str] = []
         self.blocked: list[str] = []
         self.console_errors: list[str] = []
@@ -71,6 +73,7 @@ class OfflinePage:
         if scheme in ("data", "blob") or (scheme in ("http", "https") and host in LOCAL_HOSTS):
             route.continue_()
         else:
+            logger.info("blocked a request outside 127.0.0.1: %s", url)
             self.blocked.append(url)
             route.abort()
 

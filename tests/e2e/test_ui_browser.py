@@ -11,6 +11,7 @@ the docs shows synthetic players only (CUHK03 is research-use data and is never 
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from collections.abc import Iterator
@@ -82,10 +83,35 @@ def enter_key(page: Any, key: str) -> None:
     page.keyboard.press("Enter")
 
 
-def register_through_page(page: Any, collection: str, files: list[Path], labels: list[str]) -> None:
+def drop_files(page: Any, selector: str, files: list[Path]) -> None:
+    """Drop ``files`` on ``selector`` as a person dragging them from a file manager would (a drop event whose
+    DataTransfer holds the files)."""
+    payload = [{"name": f.name, "b64": base64.b64encode(f.read_bytes()).decode()} for f in files]
+    transfer = page.evaluate_handle(
+        """files => {
+            const transfer = new DataTransfer();
+            for (const f of files) {
+                const bytes = Uint8Array.from(atob(f.b64), c => c.charCodeAt(0));
+                transfer.items.add(new File([bytes], f.name, { type: "image/png" }));
+            }
+            return transfer;
+        }""",
+        payload,
+    )
+    page.dispatch_event(selector, "dragover", {"dataTransfer": transfer})
+    page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
+
+
+def register_through_page(
+    page: Any, collection: str, files: list[Path], labels: list[str], by_drop: bool = False
+) -> None:
     page.goto(page.url.split("#")[0] + "#/register")
     page.locator("#register-collection").fill(collection)
-    page.locator("#register-files").set_input_files([str(f) for f in files])
+    if by_drop:
+        drop_files(page, "#register-drop", files)
+        page.locator("[data-testid=register-preview]").nth(len(files) - 1).wait_for()
+    else:
+        page.locator("#register-files").set_input_files([str(f) for f in files])
     page.get_by_label("one label per crop").check()
     for index, label in enumerate(labels):
         page.locator(f"#register-label-{index}").fill(label)
@@ -269,6 +295,7 @@ def synthetic_players(out: Path, players: int) -> dict[str, list[Path]]:
 
 def test_docs_screenshot_with_synthetic_players(ui_server: LiveServer, ui_page: OfflinePage, tmp_path: Path) -> None:
     """The docs' screenshot: synthetic players only. Written to docs/images with REID_UPDATE_DOCS_SCREENSHOT=1.
+    The crops are registered by dropping them on the page.
 
     Five players registered (two views each); queried: a third view of player 1, and a person never registered,
     at a threshold of 0.9 so the page shows both kinds of verdict when the model separates them.
@@ -291,7 +318,7 @@ def test_docs_screenshot_with_synthetic_players(ui_server: LiveServer, ui_page: 
     page.goto(f"{ui_server.url}/ui")
     enter_key(page, KEY)
     page.locator("#view-collections").wait_for()
-    register_through_page(page, "synthetic-demo", gallery, labels)
+    register_through_page(page, "synthetic-demo", gallery, labels, by_drop=True)
     page.wait_for_url("**#/gallery/synthetic-demo")
     wait_gallery_images(page, len(gallery))
     answers = query_through_page(page, "synthetic-demo", queries, top_k=5, threshold="0.9")

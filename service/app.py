@@ -29,7 +29,9 @@ from service.gallery.factory import open_gallery
 from service.gallery.local.store import FingerprintMismatchError
 from service.http.deps import ServiceState, ThresholdPolicy
 from service.http.docs import install_docs
+from service.http.pages import install_ui
 from service.http.routes import api_router, health_router
+from service.http.security import ConfiguredCorsMiddleware, SecurityHeadersMiddleware
 from service.http.upload_limit import UploadLimitMiddleware
 from service.inference.batching import DynamicBatcher
 from service.inference.embedder import Embedder
@@ -45,6 +47,7 @@ with cosine scores, candidates grouped by player, and `match: null` when nobody 
 Every error answers `{"error": code, "detail": message}`. When the server runs with `REID_API_KEY`, send it
 in the `X-API-Key` header (or as `Authorization: Bearer <key>`) on every route except `/healthz`, `/readyz` and
 the docs.
+The same features for people, in the browser: [/ui](/ui).
 """
 
 
@@ -198,15 +201,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(api_router)
     install_docs(app)
+    install_ui(app)
     default_limit = Settings.model_fields["max_upload_bytes"].default
 
     def upload_limit() -> int:
         current: Settings | None = app.state.settings
         return current.max_upload_bytes if current is not None else int(default_limit)
 
-    # Added last = outermost: latency is measured around the upload limit so its 413s are counted too.
+    def cors_origins() -> tuple[str, ...]:
+        current: Settings | None = app.state.settings
+        return current.cors_origins if current is not None else ()
+
+    # Added last = outermost: latency is measured around the upload limit so its 413s are counted too, and the
+    # security headers go on every answer, CORS preflights and 413s included.
     app.add_middleware(UploadLimitMiddleware, limit=upload_limit)
+    app.add_middleware(ConfiguredCorsMiddleware, origins=cors_origins)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
     return app
 
 

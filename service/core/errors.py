@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.core.headers import with_baseline
+
 logger = logging.getLogger(__name__)
 
 _STATUS_CODES: dict[int, str] = {
@@ -136,7 +138,8 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "internal server error")
+    # Starlette answers this one from its outermost middleware, past SecurityHeadersMiddleware: add them here.
+    return error_response(500, "internal_error", "internal server error", with_baseline())
 
 
 def install_error_handlers(app: FastAPI) -> None:

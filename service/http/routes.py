@@ -20,6 +20,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.core.errors import ImageError, NotFoundError, NotReadyError, OverloadedError, ServiceError
+from service.core.headers import IMAGE_CSP
 from service.core.version import VERSION
 from service.gallery import BackendUnavailableError, CollectionNotFoundError, GalleryItem, NewItem
 from service.http.deps import ServiceState, StateDep, require_api_key
@@ -42,7 +43,7 @@ from service.http.schemas import (
     GalleryItem as GalleryItemOut,
 )
 from service.http.tracklets import parse_tracklets, pool_queries, rank_matches
-from service.inference.imaging import DecodedCrop, ImageLimits, decode_crop
+from service.inference.imaging import DecodedCrop, ImageLimits, decode_crop, stored_media_type
 
 logger = logging.getLogger(__name__)
 
@@ -374,31 +375,15 @@ async def get_gallery_item(state: StateDep, item_id: ItemIdPath) -> GalleryItemD
     return _detail(item)
 
 
-_IMAGE_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF8", "image/gif"),
-    (b"BM", "image/bmp"),
-)
-
-
-def _media_type(data: bytes) -> str:
-    """The image type of a stored crop, from its first bytes (it was decoded successfully when registered)."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    for signature, media_type in _IMAGE_SIGNATURES:
-        if data.startswith(signature):
-            return media_type
-    return "application/octet-stream"
-
-
 @api_router.get(
     "/gallery/{item_id}/image",
     tags=["gallery"],
     response_class=Response,
     responses={**_errors(404, 422), 200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
     summary="The crop registered for an item, exactly as uploaded",
-    description="404 `image_not_stored` when the item was registered while REID_STORE_CROPS was off, or the "
+    description="Served as the image type its bytes decode as (JPEG, PNG or WebP, never another type), with "
+    "`Content-Security-Policy: sandbox` and `Content-Disposition: inline`, so a browser shows it only as an "
+    "image. 404 `image_not_stored` when the item was registered while REID_STORE_CROPS was off, or the "
     "gallery backend keeps no crops (`milvus`).",
 )
 async def get_gallery_image(state: StateDep, item_id: ItemIdPath) -> Response:
@@ -408,7 +393,18 @@ async def get_gallery_image(state: StateDep, item_id: ItemIdPath) -> Response:
             raise NotFoundError("item_not_found", f"no gallery item with id {item_id}")
         where = "" if state.gallery.backend == "local" else f" (the {state.gallery.backend} backend keeps no crops)"
         raise NotFoundError("image_not_stored", f"item {item_id} was registered without keeping its crop{where}")
-    return Response(data, media_type=_media_type(data))
+    media_type = await asyncio.to_thread(stored_media_type, data)
+    if media_type is None:
+        # decode_crop accepted these bytes at registration; anything else means the stored copy is damaged,
+        # and bytes a browser might read as another type are never served.
+        raise ServiceError(500, "stored_crop_unreadable", f"the stored crop of item {item_id} is not a readable image")
+    extension = media_type.removeprefix("image/").replace("jpeg", "jpg")
+    headers = {
+        "Content-Security-Policy": IMAGE_CSP,
+        # The file name is built from the id (a UUID) and the type: nothing the uploader chose reaches a header.
+        "Content-Disposition": f'inline; filename="{item_id}.{extension}"',
+    }
+    return Response(data, media_type=media_type, headers=headers)
 
 
 @api_router.delete(

@@ -20,6 +20,7 @@ from service.core.errors import ImageError
 logger = logging.getLogger(__name__)
 
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
+MEDIA_TYPES: dict[str, str] = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,16 @@ def decode_crop(
         original_size=(width, height),
         image_format=image_format,
     )
+
+
+def stored_media_type(data: bytes) -> str | None:
+    """The image/* type of bytes accepted by decode_crop, from Pillow's reading of their header (no pixels are
+    decoded); None when they are none of ALLOWED_FORMATS. Bytes past the image (a polyglot's tail) do not count."""
+    try:
+        with Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS)) as image:
+            return MEDIA_TYPES.get(str(image.format))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 # JPEG orientations (EXIF 0x0112) that swap width and height once applied.

@@ -1,10 +1,10 @@
 """Backend ``milvus``: every gallery item lives in Milvus, so service replicas keep no gallery state.
 
-One Milvus collection ``<prefix>_items`` holds the items of every gallery, with the gallery name as its partition
-key; a small ``<prefix>_catalog`` collection holds the galleries, their drops and the model that built the
-embeddings. Why one collection and not one per gallery: item ids arrive without their gallery (GET/DELETE
-/gallery/{id}), creating a Milvus collection costs a schema, an index and a load (0.5 s on Milvus Lite, 3.5 s on a
-standalone server here) while a partition-key value costs nothing, and Milvus caps the number of collections.
+One Milvus collection ``<prefix>_items`` holds the items of every gallery, with the gallery name in a field; a
+small ``<prefix>_catalog`` collection holds the galleries, their drops and the model that built the embeddings.
+Why one collection and not one per gallery: item ids arrive without their gallery (GET/DELETE /gallery/{id}),
+creating a Milvus collection costs a schema, an index and a load (0.5 s on Milvus Lite, 3.5 s on a standalone
+server here) while a field value costs nothing, and Milvus caps the number of collections.
 
 Registration converges without locks (Milvus has no transactions and no unique constraint):
 - an item's id is derived from (gallery, generation, SHA-256 of the crop bytes) and written with ``upsert``, so two
@@ -245,6 +245,9 @@ class MilvusGallery:
         # still holds every write older than max_staleness. Own catalog writes drop the entry.
         self._state_cache: dict[str, tuple[float, _GalleryState]] = {}
         self._cache_lock = threading.Lock()
+        # Milvus 2.3 acknowledges a delete without its timestamp, so read-your-deletes cannot wait for it: the
+        # next read of a collection after this replica deleted from it is Strong (collection -> deletes so far).
+        self._deleted: dict[str, int] = {}
 
     # ------------------------------------------------------------ opening
 
@@ -352,7 +355,10 @@ class MilvusGallery:
     def _items_schema(self) -> Any:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=36)
-        schema.add_field("gallery", DataType.VARCHAR, max_length=NAME_BYTES, is_partition_key=True)
+        # Not a partition key: Milvus 2.3 routes upserted rows by another hash than the partition key, so a
+        # filter on the key then misses most of them (measured on the 2.3.5 standalone server; Lite has no
+        # partitions). A filter on a plain field costs a scan of the field, no more than the search itself.
+        schema.add_field("gallery", DataType.VARCHAR, max_length=NAME_BYTES)
         schema.add_field("generation", DataType.INT64)
         schema.add_field("seq", DataType.INT64)
         schema.add_field("label", DataType.VARCHAR, max_length=LABEL_BYTES)
@@ -453,7 +459,7 @@ class MilvusGallery:
         Milvus timestamps are hybrid: physical milliseconds << 18 | a logical counter. The own-write part is the
         timestamp Milvus returned for this process's last write to ``collection`` (pymilvus keeps it)."""
         staleness = self.config.max_staleness_ms if staleness_ms is None else staleness_ms
-        if strong or staleness <= 0:
+        if strong or staleness <= 0 or collection in self._deleted:
             return {"consistency_level": "Strong"}
         bound = (time.time_ns() // 1_000_000 - int(staleness)) << 18
         try:
@@ -462,17 +468,39 @@ class MilvusGallery:
             own = 0
         return {"consistency_level": "Customized", "guarantee_timestamp": max(int(own), bound)}
 
-    def _query(
-        self, collection: str, expr: str, fields: list[str], strong: bool = False, **kwargs: Any
-    ) -> list[dict[str, Any]]:
-        options = self._guarantee(collection, strong)
-        return self._call(
+    def _deleted_from(self, collection: str) -> None:
+        with self._cache_lock:
+            self._deleted[collection] = self._deleted.get(collection, 0) + 1
+
+    def _read(
+        self,
+        collection: str,
+        what: str,
+        fn: Callable[[dict[str, Any]], T],
+        strong: bool = False,
+        staleness_ms: float | None = None,
+    ) -> T:
+        """Run a read with the consistency options of ``_guarantee``; a Strong read that started after this
+        replica's last delete from the collection makes the later ones see that delete too."""
+        with self._cache_lock:
+            deletes = self._deleted.get(collection)
+        result = self._call(what, lambda: fn(self._guarantee(collection, strong, staleness_ms)))
+        if deletes is not None:
+            with self._cache_lock:
+                if self._deleted.get(collection) == deletes:
+                    del self._deleted[collection]
+        return result
+
+    def _query(self, collection: str, expr: str, fields: list[str], strong: bool = False) -> list[dict[str, Any]]:
+        return self._read(
+            collection,
             "a query",
-            lambda: list(
+            lambda options: list(
                 self._client.query(
-                    collection, filter=expr, output_fields=fields, timeout=self.config.timeout_s, **options, **kwargs
+                    collection, filter=expr, output_fields=fields, timeout=self.config.timeout_s, **options
                 )
             ),
+            strong,
         )
 
     def _catalog_query(self, expr: str, strong: bool = False) -> list[dict[str, Any]]:
@@ -485,6 +513,7 @@ class MilvusGallery:
 
     def _catalog_delete(self, expr: str) -> None:
         self._client.delete(self.catalog_name, filter=expr, timeout=self.config.timeout_s)
+        self._deleted_from(self.catalog_name)
 
     def _count(self, expr: str) -> int:
         rows = self._query(self.items_name, expr, ["count(*)"])
@@ -503,17 +532,20 @@ class MilvusGallery:
             if cached is not None and time.monotonic() - cached[0] < half / 1000:
                 return cached[1]
         taken = time.monotonic()
-        rows = self._call(
+        rows = self._read(
+            self.catalog_name,
             "a catalog read",
-            lambda: list(
+            lambda options: list(
                 self._client.query(
                     self.catalog_name,
                     filter=f"name == {literal(collection)}",
                     output_fields=_CATALOG_FIELDS,
                     timeout=self.config.timeout_s,
-                    **self._guarantee(self.catalog_name, strong, staleness_ms=half),
+                    **options,
                 )
             ),
+            strong,
+            staleness_ms=half,
         )
         state = _states(rows).get(collection) or _GalleryState(collection, 0, False)
         if half > 0:
@@ -550,6 +582,7 @@ class MilvusGallery:
                     timeout=self.config.timeout_s,
                 ),
             )
+            self._deleted_from(self.items_name)
 
     # ------------------------------------------------------------ writes
 
@@ -631,6 +664,7 @@ class MilvusGallery:
             "a delete",
             lambda: self._client.delete(self.items_name, filter=older, timeout=max(self.config.timeout_s, 30.0)),
         )
+        self._deleted_from(self.items_name)
         created = f'kind == "collection" and name == {literal(name)} and generation <= {state.generation}'
         self._call("a catalog delete", lambda: self._catalog_delete(created))
         self._observer.forget_collection(name)
@@ -647,13 +681,13 @@ class MilvusGallery:
         out: list[list[ScoredItem]] = []
         for start in range(0, len(queries), 64):
             part = queries[start : start + 64]
-            options = self._guarantee(self.items_name)
-            hits = self._call(
+            data = [q.tolist() for q in part]
+            hits = self._read(
+                self.items_name,
                 "a search",
-                functools.partial(
-                    self._client.search,
+                lambda options, data=data: self._client.search(  # type: ignore[misc]
                     self.items_name,
-                    data=[q.tolist() for q in part],
+                    data=data,
                     filter=self._gallery_expr(state),
                     limit=k,
                     output_fields=_ITEM_FIELDS,
@@ -694,19 +728,19 @@ class MilvusGallery:
         if not states:
             return 0, []
         expr = " or ".join(f"({self._gallery_expr(s)})" for s in states)
-        keys = sorted(self._call("an id scan", functools.partial(self._scan_keys, expr)))
+        keys = sorted(self._read(self.items_name, "an id scan", functools.partial(self._scan_keys, expr)))
         page_ids = [key[1] for key in keys[offset : offset + limit]]
         rows = self._rows_by_id(page_ids, _ITEM_FIELDS)
         return len(keys), [_item(rows[i]) for i in page_ids if i in rows]
 
-    def _scan_keys(self, expr: str) -> list[tuple[int, str]]:
+    def _scan_keys(self, expr: str, options: dict[str, Any]) -> list[tuple[int, str]]:
         iterator = self._client.query_iterator(
             self.items_name,
             batch_size=4096,
             filter=expr,
             output_fields=["id", "seq"],
             timeout=self.config.timeout_s,
-            **self._guarantee(self.items_name),
+            **options,
         )
         keys: list[tuple[int, str]] = []
         try:

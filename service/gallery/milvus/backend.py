@@ -21,8 +21,8 @@ Consistency (README "More than one machine"): reads of galleries, items and sear
 max(this replica's last write, now - ``max_staleness_ms``): a replica sees its own writes at once and every write
 acknowledged by any replica more than ``max_staleness_ms`` (default 1000 ms) earlier, plus the clock offset between
 replica and Milvus. With Milvus ingesting normally this waits for nothing (Milvus applies writes within one time
-tick, 200 ms); 0 makes every read Strong. Registrations and drops read the gallery's generation Strong, so a
-registration never lands in a generation dropped before it started.
+tick, 200 ms); 0 makes every read Strong. A drop answers only ``max_staleness_ms`` after its tombstone was written
+(and drops read Strong), so a registration that starts after a drop returned never lands in the dropped generation.
 
 Item ids are UUID-shaped (version 8). A 201 comes after Milvus acknowledged the upsert (written to its WAL / message
 queue; Milvus Lite: its write-ahead log), so it survives kill -9 of either process.
@@ -248,6 +248,8 @@ class MilvusGallery:
         # Milvus 2.3 acknowledges a delete without its timestamp, so read-your-deletes cannot wait for it: the
         # next read of a collection after this replica deleted from it is Strong (collection -> deletes so far).
         self._deleted: dict[str, int] = {}
+        # Ids this replica registered within the last max_staleness_ms -> when to forget them (_registered_ids).
+        self._recent: dict[str, float] = {}
 
     # ------------------------------------------------------------ opening
 
@@ -453,7 +455,9 @@ class MilvusGallery:
                 raise BackendUnavailableError(f"Milvus did not answer {what}: {_short(exc)}") from exc
             raise
 
-    def _guarantee(self, collection: str, strong: bool = False, staleness_ms: float | None = None) -> dict[str, Any]:
+    def _guarantee(
+        self, collection: str, strong: bool = False, staleness_ms: float | None = None, own_writes: bool = True
+    ) -> dict[str, Any]:
         """Read options: Strong, or a guarantee timestamp of max(own last write, now - staleness).
 
         Milvus timestamps are hybrid: physical milliseconds << 18 | a logical counter. The own-write part is the
@@ -462,6 +466,8 @@ class MilvusGallery:
         if strong or staleness <= 0 or collection in self._deleted:
             return {"consistency_level": "Strong"}
         bound = (time.time_ns() // 1_000_000 - int(staleness)) << 18
+        if not own_writes:
+            return {"consistency_level": "Customized", "guarantee_timestamp": bound}
         try:
             own = ts_utils.get_collection_ts(collection, self._client._get_connection().server_address, "") or 0
         except Exception:  # a pymilvus without the cache: the bound alone
@@ -479,19 +485,22 @@ class MilvusGallery:
         fn: Callable[[dict[str, Any]], T],
         strong: bool = False,
         staleness_ms: float | None = None,
+        own_writes: bool = True,
     ) -> T:
         """Run a read with the consistency options of ``_guarantee``; a Strong read that started after this
         replica's last delete from the collection makes the later ones see that delete too."""
         with self._cache_lock:
             deletes = self._deleted.get(collection)
-        result = self._call(what, lambda: fn(self._guarantee(collection, strong, staleness_ms)))
+        result = self._call(what, lambda: fn(self._guarantee(collection, strong, staleness_ms, own_writes)))
         if deletes is not None:
             with self._cache_lock:
                 if self._deleted.get(collection) == deletes:
                     del self._deleted[collection]
         return result
 
-    def _query(self, collection: str, expr: str, fields: list[str], strong: bool = False) -> list[dict[str, Any]]:
+    def _query(
+        self, collection: str, expr: str, fields: list[str], strong: bool = False, own_writes: bool = True
+    ) -> list[dict[str, Any]]:
         return self._read(
             collection,
             "a query",
@@ -501,6 +510,7 @@ class MilvusGallery:
                 )
             ),
             strong,
+            own_writes=own_writes,
         )
 
     def _catalog_query(self, expr: str, strong: bool = False) -> list[dict[str, Any]]:
@@ -563,15 +573,36 @@ class MilvusGallery:
             raise CollectionNotFoundError(collection)
         return state
 
-    def _rows_by_id(self, ids: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
+    def _rows_by_id(self, ids: Sequence[str], fields: list[str], own_writes: bool = True) -> dict[str, dict[str, Any]]:
         """Point lookups by primary key (``id in [...]``), CHUNK ids per query."""
         rows: dict[str, dict[str, Any]] = {}
         for part in _chunks(list(dict.fromkeys(ids))):
-            for r in self._query(self.items_name, f"id in {literal_list(part)}", fields):
+            for r in self._query(self.items_name, f"id in {literal_list(part)}", fields, own_writes=own_writes):
                 rows[str(r["id"])] = r
         return rows
 
+    def _registered_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are stored: Milvus at the staleness bound, plus this replica's own registrations of the
+        last ``max_staleness_ms`` from memory. Waiting for Milvus to apply our own last write instead costs up to
+        one time tick (200 ms) per registration that follows another."""
+        now = time.monotonic()
+        with self._cache_lock:
+            self._recent = {i: t for i, t in self._recent.items() if t > now}
+            mine = {i for i in ids if i in self._recent}
+        return mine | set(self._rows_by_id(ids, ["id"], own_writes=False))
+
+    def _remember(self, ids: Sequence[str]) -> None:
+        until = time.monotonic() + self.config.max_staleness_ms / 1000
+        with self._cache_lock:
+            self._recent.update(dict.fromkeys(ids, until))
+
+    def _forget(self, ids: Sequence[str]) -> None:
+        with self._cache_lock:
+            for i in ids:
+                self._recent.pop(i, None)
+
     def _delete_ids(self, ids: Sequence[str]) -> None:
+        self._forget(ids)
         for part in _chunks(list(ids)):
             self._call(
                 "a delete",
@@ -595,10 +626,11 @@ class MilvusGallery:
                 raise ValueError(
                     f"item #{i} embedding has shape {item.embedding.shape}, expected ({self.embedding_dim},)"
                 )
-        # Strong: a registration never lands in a generation dropped before it started.
-        state = self._state(collection, strong=True)
+        # Not Strong (200 ms on a standalone server): a drop returns only once every replica's reads see its
+        # tombstone (drop_collection), so a registration never lands in a generation dropped before it started.
+        state = self._state(collection)
         ids = [item_id(collection, state.generation, item.sha256) for item in items]
-        existing = self._rows_by_id(ids, ["id"])
+        existing = self._registered_ids(ids) if self.config.max_staleness_ms > 0 else set(self._rows_by_id(ids, ["id"]))
         if existing:
             raise DuplicateCropError(collection, [(i, x) for i, x in enumerate(ids) if x in existing])
         if not state.exists:
@@ -629,6 +661,7 @@ class MilvusGallery:
                     functools.partial(self._client.upsert, self.items_name, list(part), timeout=self.config.timeout_s),
                 )
                 written.extend(r["id"] for r in part)
+                self._remember([r["id"] for r in part])
         except BaseException:
             # All or nothing across chunks (more than CHUNK items: never one service request): withdraw the
             # chunks already in, best effort when Milvus just went away.
@@ -658,6 +691,7 @@ class MilvusGallery:
         # invisible rows that the next drop of the name deletes.
         tombstone = f"dropped/{state.generation}/{name}"
         self._catalog_upsert([self._catalog_row(tombstone, "dropped", name, state.generation, {})])
+        visible_everywhere = time.monotonic() + self.config.max_staleness_ms / 1000
         self._forget_state(name)
         older = f"gallery == {literal(name)} and generation <= {state.generation}"
         self._call(
@@ -668,6 +702,10 @@ class MilvusGallery:
         created = f'kind == "collection" and name == {literal(name)} and generation <= {state.generation}'
         self._call("a catalog delete", lambda: self._catalog_delete(created))
         self._observer.forget_collection(name)
+        # Answer once any replica's next read (guarantee: now - max_staleness) sees the tombstone: a registration
+        # that starts after this drop returned cannot land in the dropped generation. Drops are rare; this is
+        # where the cost of bounded-staleness reads is paid.
+        time.sleep(max(0.0, visible_everywhere - time.monotonic()))
         return count
 
     # ------------------------------------------------------------ reads

@@ -238,7 +238,10 @@ class MilvusStandaloneServer(_Subprocess):
         config = MilvusServerConfig(data_dir=str(self.data_dir), **self.ports)
         config.resolve()  # writes data_dir/configs/milvus.yaml from the package's template with our ports
         # The embedded etcd listens on 2379/2380 unless its own config file says otherwise: one server per machine.
-        etcd_client, etcd_peer = f"http://127.0.0.1:{self.ports['etcd_port']}", f"http://127.0.0.1:{self.etcd_peer_port}"
+        etcd_client, etcd_peer = (
+            f"http://127.0.0.1:{self.ports['etcd_port']}",
+            f"http://127.0.0.1:{self.etcd_peer_port}",
+        )
         etcd_file = self.data_dir / "configs" / "embed-etcd.yaml"
         etcd_file.write_text(
             f"name: reid-test\nlisten-client-urls: {etcd_client}\nadvertise-client-urls: {etcd_client}\n"

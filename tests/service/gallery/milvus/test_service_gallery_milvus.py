@@ -232,13 +232,13 @@ def test_a_registration_that_loses_its_race_with_a_drop_never_resurfaces(
         # A registration through A that read the gallery before the drop and writes after it (the interleaving
         # no lock can prevent across replicas): its row lands in the dropped generation.
         monkeypatch.setattr(a, "_state", lambda name, strong=False: before_drop)
-        late = a.add("m", items(unit(rng, 1), prefix="late"))
+        late = a.add("m", items(unit(rng, 1), prefix="l"))
         monkeypatch.undo()
-        again = b.add("m", items(unit(rng, 3), prefix="new"))  # the name is used again
+        again = b.add("m", items(unit(rng, 3), prefix="n"))  # the name is used again
         for gallery in (a, b):
             assert gallery.size("m") == 3
             assert gallery.get(late[0].id) is None and gallery.get(first[0].id) is None
-            assert [i.label for i in gallery.list_items("m", 0, 10)[1]] == ["new0", "new1", "new2"]
+            assert [i.label for i in gallery.list_items("m", 0, 10)[1]] == ["n0", "n1", "n2"]
             hits = gallery.search("m", unit(rng, 1), k=10)[0]
             assert {h.item.id for h in hits} == {i.id for i in again}
         assert {c.name: c.size for c in b.collections()} == {"m": 3}
@@ -260,7 +260,7 @@ def test_after_a_drop_returns_no_replica_registers_into_the_dropped_generation(
         a.add("m", items(unit(rng, 2)))
         wait_until(lambda: b.has_collection("m"), "replica B sees the gallery")  # B holds it in its cache now
         assert a.drop_collection("m") == 2
-        added = b.add("m", items(unit(rng, 1), prefix="after"))  # right after the drop answered, through B
+        added = b.add("m", items(unit(rng, 1), prefix="q"))  # right after the drop answered, through B
         assert checker.get(added[0].id) == added[0]
         assert checker.size("m") == 1
     finally:

@@ -253,7 +253,9 @@ def test_a_registration_that_loses_its_race_with_a_drop_never_resurfaces(
 def test_after_a_drop_returns_no_replica_registers_into_the_dropped_generation(
     milvus_prefixes: PrefixPool, server_prefix: str
 ) -> None:
-    a, b = on_server(milvus_prefixes, server_prefix), on_server(milvus_prefixes, server_prefix)
+    # A 10 s bound: B keeps the gallery's state for 5 s, longer than the drop takes without its wait.
+    a = on_server(milvus_prefixes, server_prefix, max_staleness_ms=10_000)
+    b = on_server(milvus_prefixes, server_prefix, max_staleness_ms=10_000)
     checker = on_server(milvus_prefixes, server_prefix, max_staleness_ms=0)
     rng = np.random.default_rng(8)
     try:

@@ -27,6 +27,7 @@ from service.core.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.core.settings import Settings
 from service.core.version import VERSION
 from service.gallery.base import Gallery
+from service.gallery.batched_search import BatchedSearch
 from service.gallery.factory import open_gallery
 from service.gallery.local.store import FingerprintMismatchError
 from service.gallery.milvus.backend import MilvusUnreachableError, ModelMismatchError
@@ -153,6 +154,8 @@ def _state(
         observer=metrics,
     )
     batcher.start()
+    searcher = BatchedSearch(gallery.search, max_queries=settings.max_search_batch)
+    searcher.start()
     return ServiceState(
         settings=settings,
         embedder=embedder,
@@ -160,6 +163,7 @@ def _state(
         gallery=gallery,
         metrics=metrics,
         decode_pool=ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="reid-decode"),
+        searcher=searcher,
         threshold=policy,
         image_limits=ImageLimits(
             max_file_bytes=settings.max_file_bytes,
@@ -235,6 +239,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             state.ready = False
             # uvicorn has already waited for the in-flight requests; drain anyway so no queued crop is dropped.
             await asyncio.to_thread(state.batcher.stop, 30.0, drain=True)
+            await asyncio.to_thread(state.searcher.stop, 30.0)
             state.decode_pool.shutdown(wait=True)
             await asyncio.to_thread(state.gallery.close)
         app.state.reid = None

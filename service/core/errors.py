@@ -31,6 +31,7 @@ _STATUS_CODES: dict[int, str] = {
     429: "too_many_requests",
     500: "internal_error",
     503: "unavailable",
+    507: "insufficient_storage",
 }
 
 
@@ -64,6 +65,13 @@ class OverloadedError(ServiceError):
 
     def __init__(self, detail: str, retry_after_s: int = 1) -> None:
         super().__init__(503, "overloaded", detail, {"Retry-After": str(retry_after_s)})
+
+
+class InsufficientStorageError(ServiceError):
+    """The disk holding the data is full: 507. The write was rolled back, nothing earlier is lost, reads go on."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(507, "insufficient_storage", detail)
 
 
 class NotReadyError(ServiceError):

@@ -64,6 +64,7 @@ from service.gallery.base import (
     NewItem,
     NoObserver,
     ScoredItem,
+    UnknownCursorError,
     find_repeats,
 )
 from service.gallery.milvus.filters import literal, literal_list
@@ -548,7 +549,7 @@ class MilvusGallery:
             lambda options: list(
                 self._client.query(
                     self.catalog_name,
-                    filter=f"name == {literal(collection)}",
+                    filter=f'name == {literal(collection)} and kind in ["collection", "dropped"]',
                     output_fields=_CATALOG_FIELDS,
                     timeout=self.config.timeout_s,
                     **options,
@@ -675,11 +676,17 @@ class MilvusGallery:
         return [_item(r) for r in rows]
 
     def delete(self, item_id: str) -> GalleryItem | None:
-        item = self.get(item_id)
-        if item is None:
+        row = self._rows_by_id([item_id], _ITEM_FIELDS).get(item_id)
+        if row is None:
             return None
-        self._delete_ids([item.id])
-        return item
+        state = self._state(str(row["gallery"]))
+        if not state.exists or int(row["generation"]) != state.generation:
+            return None  # a row of a dropped generation is not an item
+        # The item's place in the listing outlives it: a cursor naming it still places the next page.
+        value = {"seq": int(row["seq"])}
+        self._catalog_upsert([self._catalog_row(f"deleted/{item_id}", "deleted", state.name, state.generation, value)])
+        self._delete_ids([item_id])
+        return _item(row)
 
     def drop_collection(self, name: str) -> int | None:
         state = self._state(name, strong=True)
@@ -699,7 +706,7 @@ class MilvusGallery:
             lambda: self._client.delete(self.items_name, filter=older, timeout=max(self.config.timeout_s, 30.0)),
         )
         self._deleted_from(self.items_name)
-        created = f'kind == "collection" and name == {literal(name)} and generation <= {state.generation}'
+        created = f'kind in ["collection", "deleted"] and name == {literal(name)} and generation <= {state.generation}'
         self._call("a catalog delete", lambda: self._catalog_delete(created))
         self._observer.forget_collection(name)
         # Answer once any replica's next read (guarantee: now - max_staleness) sees the tombstone: a registration
@@ -758,18 +765,36 @@ class MilvusGallery:
         rows = self._catalog_query('kind in ["collection", "dropped"]')
         return sorted((s for s in _states(rows).values() if s.exists), key=lambda s: s.name)
 
-    def list_items(self, collection: str | None, offset: int, limit: int) -> tuple[int, list[GalleryItem]]:
+    def list_items(
+        self, collection: str | None, offset: int, limit: int, after: str | None = None
+    ) -> tuple[int, list[GalleryItem]]:
         """Registration order is ``seq`` order (ties by id). Milvus returns query rows in no fixed order and caps
         offset + limit (16,384), so (seq, id) pairs are read with a query iterator, sorted here, and only the
-        page's rows fetched."""
+        page's rows fetched. ``after`` is placed by its item's seq, or by the seq its delete recorded in the
+        catalog (ids are content-derived, not time-ordered): UnknownCursorError when neither is there."""
         states = [self._existing(collection)] if collection is not None else self._all_states()
         if not states:
+            if after is not None:
+                raise UnknownCursorError(after)
             return 0, []
         expr = " or ".join(f"({self._gallery_expr(s)})" for s in states)
         keys = sorted(self._read(self.items_name, "an id scan", functools.partial(self._scan_keys, expr)))
-        page_ids = [key[1] for key in keys[offset : offset + limit]]
+        if after is not None:
+            position = self._cursor_key(after)
+            page_ids = [key[1] for key in keys if key > position][:limit]
+        else:
+            page_ids = [key[1] for key in keys[offset : offset + limit]]
         rows = self._rows_by_id(page_ids, _ITEM_FIELDS)
         return len(keys), [_item(rows[i]) for i in page_ids if i in rows]
+
+    def _cursor_key(self, after: str) -> tuple[int, str]:
+        row = self._rows_by_id([after], ["id", "seq"]).get(after)
+        if row is None:
+            gone = self._catalog_query(f"key == {literal('deleted/' + after)}")
+            if not gone:
+                raise UnknownCursorError(after)
+            return int((gone[0].get("value") or {}).get("seq", 0)), after
+        return int(row["seq"]), after
 
     def _scan_keys(self, expr: str, options: dict[str, Any]) -> list[tuple[int, str]]:
         iterator = self._client.query_iterator(

@@ -1,13 +1,16 @@
-"""Gallery backends compared: local (SQLite + FAISS) vs Milvus Lite embedded vs Milvus Lite server over gRPC.
+"""Gallery backends compared: local (SQLite + FAISS), Milvus Lite embedded, a real Milvus standalone server.
 
 Everything goes through the gallery layer (service/gallery), not HTTP, and uses random unit vectors (D=512) in
 a Gaussian mixture (about 20 vectors per identity), so the numbers are the storage backends' own, without
 decoding or inference. Per backend and gallery size N: registration items/s (requests of 32 items, duplicate
 check included), search latency p50/p99 for 1- and 32-vector queries at concurrency 1 and 16 (threads of one
-process), recall@10 against exact search. Then one vs two replica processes searching the same Milvus Lite
-server, and the schema choice (a Milvus collection per gallery vs one collection with a partition key).
+process), recall@10 against exact search. On Milvus also: Milvus's own search latency (MilvusClient.search, the
+same filter, consistency Bounded: the floor the gallery layer is measured against) and 1-vector searches through
+one vs two replica processes (one search at a time each) on the same server. The standalone server
+(``milvus-server``, PyPI ``milvus``, dev extra) runs in a temporary folder; ``milvus-lite-server`` is Milvus Lite's
+gRPC server.
 
-    .venv/bin/python -m benchmarks.gallery_backends --sizes 10000 --out benchmarks/results/gallery_backends.json
+    .venv/bin/python -m benchmarks.gallery_backends --sizes 10000 100000 --out benchmarks/results/gallery_backends.json
     .venv/bin/python -m benchmarks.gallery_backends --quick --out /tmp/gallery_backends_quick.json
 """
 
@@ -52,6 +55,7 @@ class BackendRow:
     register_items_per_s: float
     latency_ms: dict[str, dict[str, float | None]]  # "nq=1,c=1" -> {p50, p99}
     recall_at_10: float
+    replicas: list[dict[str, Any]] | None = None
 
 
 def mixture(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -76,6 +80,32 @@ def open_backend(kind: str, index: str, folder: Path, server_uri: str | None, pr
         return LocalGallery.open(folder / f"{prefix}.sqlite3", DIM, "bench", IndexConfig())
     uri = str(folder / f"{prefix}.db") if kind == "milvus-lite-embedded" else str(server_uri)
     return MilvusGallery.open(MilvusConfig(uri=uri, prefix=prefix, index_type=index, timeout_s=600), DIM, "bench")
+
+
+def raw_search_ms(
+    gallery: Any, queries: np.ndarray, requests: int
+) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """Milvus's own 1-vector search latency (MilvusClient.search, the gallery's filter and output fields, consistency
+    Bounded) and gallery.search's, interleaved request by request so both see the same load."""
+    state = gallery._existing("bench")
+    own, through = [], []
+    for r in range(requests):
+        q = queries[r % len(queries)]
+        t = time.perf_counter()
+        gallery._client.search(
+            gallery.items_name,
+            data=[q.tolist()],
+            filter=gallery._gallery_expr(state),
+            limit=K,
+            output_fields=["id", "gallery", "generation", "seq", "label", "metadata", "created_at", "sha256"],
+            search_params={"metric_type": "IP"},
+            consistency_level="Bounded",
+        )
+        own.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        gallery.search("bench", q[None, :], K)
+        through.append(time.perf_counter() - t)
+    return percentiles([1000 * s for s in own], (50, 99)), percentiles([1000 * s for s in through], (50, 99))
 
 
 def add_range(gallery: Any, vectors: np.ndarray, begin: int, end: int, batch: int) -> None:
@@ -157,10 +187,17 @@ def measure_backend(
                 logger.info(
                     "%s/%s N=%d nq=%d c=%d: p50 %.1f ms p99 %.1f ms", kind, index, n, nq, conc, p["p50"], p["p99"]
                 )
+        if kind != "local":
+            own, through = raw_search_ms(gallery, queries, requests)
+            table["milvus own search nq=1,c=1"], table["gallery search nq=1,c=1 (interleaved)"] = own, through
+            logger.info("%s/%s N=%d Milvus's own search %s, gallery.search %s", kind, index, n, own, through)
         rec = recall(gallery, vectors, queries[:64])
     finally:
         gallery.close()
-    return BackendRow(kind, index, n, rate, table, rec)
+    replicas = None
+    if kind in ("milvus-server", "milvus-lite-server"):
+        replicas = measure_replicas(str(server_uri), prefix, n, 4 * requests, queries)
+    return BackendRow(kind, index, n, rate, table, rec, replicas)
 
 
 # ---------------------------------------------------------------- replicas
@@ -179,23 +216,14 @@ def _replica_worker(
     gallery.close()
 
 
-def measure_replicas(uri: str, n: int, requests: int, rng: np.random.Generator, folder: Path) -> list[dict[str, Any]]:
-    """1 process x 16 threads vs 2 processes x 8 threads, 1-vector searches on the same Milvus Lite server."""
-    prefix = f"replicas{n}"
-    gallery = open_backend("milvus-lite-server", "FLAT", folder, uri, prefix)
-    vectors = mixture(n, rng)
-    fill(gallery, vectors, 0)
-    gallery._client.flush(gallery.items_name, timeout=600)
-    gallery.close()
-    queries = noisy_copies(vectors, 256, rng)
+def measure_replicas(uri: str, prefix: str, n: int, requests: int, queries: np.ndarray) -> list[dict[str, Any]]:
+    """1-vector searches of an N-item gallery on one server, one at a time per replica process: 1 replica vs 2."""
     ctx = mp.get_context("spawn")
     rows = []
     for replicas in (1, 2):
         gate, out = ctx.Barrier(replicas + 1), ctx.Queue()
         procs = [
-            ctx.Process(
-                target=_replica_worker, args=(uri, prefix, queries, 16 // replicas, requests // replicas, gate, out)
-            )
+            ctx.Process(target=_replica_worker, args=(uri, prefix, queries, 1, requests // 2, gate, out))
             for _ in range(replicas)
         ]
         for p in procs:
@@ -209,7 +237,7 @@ def measure_replicas(uri: str, n: int, requests: int, rng: np.random.Generator, 
         runs = [r for _, per in results for r in per]
         p = percentiles([1000 * s for s in runs], (50, 99))
         rows.append({"replicas": replicas, "n": n, "searches_per_s": len(runs) / wall, **p})
-        logger.info("%d replica(s): %.1f searches/s, p50 %.1f ms", replicas, len(runs) / wall, p["p50"])
+        logger.info("%d replica(s) N=%d: %.1f searches/s, p50 %.1f ms", replicas, n, len(runs) / wall, p["p50"])
     return rows
 
 
@@ -285,64 +313,87 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000])
     parser.add_argument("--requests", type=int, default=40, help="searches per cell at concurrency 1 (x2 at 16)")
     parser.add_argument("--sample", type=int, default=1000, help="items registered in 32s, timed")
-    parser.add_argument("--parts", nargs="+", default=["backends", "replicas", "schema"])
-    parser.add_argument("--milvus-index", nargs="+", default=["FLAT", "HNSW"])
-    parser.add_argument("--backends", nargs="+", default=["local", "milvus-lite-embedded", "milvus-lite-server"])
+    parser.add_argument("--parts", nargs="+", default=["backends"], help="backends, schema")
+    parser.add_argument("--milvus-index", nargs="+", default=["FLAT"])
+    parser.add_argument("--backends", nargs="+", default=["local", "milvus-lite-embedded", "milvus-server"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], help="backend:N cells not run (e.g. milvus-lite-embedded:100000)"
+    )
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     if args.quick:
         args.sizes, args.requests, args.milvus_index, args.sample = [500], 6, ["FLAT"], 200
-    from tests.support.milvus_server import MilvusLiteServer
+    from tests.support.milvus_server import MilvusLiteServer, MilvusStandaloneServer
 
     rng = np.random.default_rng(0)
     rows: list[BackendRow] = []
+    schema: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="gallery-bench-") as tmp:
         folder = Path(tmp)
-        with MilvusLiteServer(folder / "milvus-server") as server:
+        servers: dict[str, Any] = {}
+        try:
+            if "milvus-server" in args.backends:
+                servers["milvus-server"] = MilvusStandaloneServer(folder / "milvus-standalone").start()
+            if "milvus-lite-server" in args.backends or "schema" in args.parts:
+                servers["milvus-lite-server"] = MilvusLiteServer(folder / "milvus-lite-server").start()
             for n in args.sizes if "backends" in args.parts else []:
                 for kind in args.backends:
+                    if f"{kind}:{n}" in args.skip:
+                        logger.info("skipping %s at N=%d (--skip)", kind, n)
+                        continue
+                    uri = servers[kind].uri if kind in servers else None
                     for index in ["service defaults"] if kind == "local" else args.milvus_index:
-                        rows.append(
-                            measure_backend(kind, index, n, folder, server.uri, args.requests, args.sample, rng)
-                        )
-            replicas: list[dict[str, Any]] = []
-            schema: dict[str, Any] = {}
-            if "replicas" in args.parts:
-                replicas = measure_replicas(server.uri, min(args.sizes), 4 * args.requests, rng, folder)
+                        rows.append(measure_backend(kind, index, n, folder, uri, args.requests, args.sample, rng))
+                        # Written after every row: a cell that never finishes (killed) leaves the others.
+                        write_results(args.out, results(args, rows, schema, partial=True))
             if "schema" in args.parts:
-                schema = measure_schema(server.uri, 4 if args.quick else 10, 100 if args.quick else 1000, rng)
+                uri = servers["milvus-lite-server"].uri
+                schema = measure_schema(uri, 4 if args.quick else 10, 100 if args.quick else 1000, rng)
+        finally:
+            for server in servers.values():
+                server.kill()
 
-    headers = ["backend", "index", "N", "register items/s", "recall@10"]
+    def cell(r: BackendRow, key: str) -> str:
+        p = r.latency_ms.get(key)
+        return f"{p['p50']:.1f} / {p['p99']:.1f}" if p else "-"
+
+    def replica_cell(r: BackendRow, count: int) -> str:
+        got = [x for x in r.replicas or [] if x["replicas"] == count]
+        return f"{got[0]['p50']:.1f} / {got[0]['p99']:.1f}" if got else "-"
+
     cells = [f"nq={nq},c={c}" for nq in (1, 32) for c in (1, 16)]
-    headers += [f"{cell} p50/p99 ms" for cell in cells] + ["unflushed nq=1 p50 ms"]
+    headers = ["backend", "index", "N", "register items/s", "recall@10"]
+    headers += [f"{c} p50/p99 ms" for c in cells]
+    headers += [
+        "Milvus own search nq=1 (Bounded) p50/p99 ms",
+        "gallery.search nq=1 interleaved p50/p99 ms",
+        "1 replica nq=1 p50/p99 ms",
+        "2 replicas nq=1 p50/p99 ms",
+    ]
     table = [
         [r.backend, r.index, r.n, r.register_items_per_s, r.recall_at_10]
-        + [f"{r.latency_ms[c]['p50']:.1f} / {r.latency_ms[c]['p99']:.1f}" for c in cells]
-        + [f"{r.latency_ms[u]['p50']:.0f}" if (u := "unflushed nq=1,c=1") in r.latency_ms else "-"]
+        + [cell(r, c) for c in cells]
+        + [cell(r, "milvus own search nq=1,c=1"), cell(r, "gallery search nq=1,c=1 (interleaved)")]
+        + [replica_cell(r, 1), replica_cell(r, 2)]
         for r in rows
     ]
     print(markdown_table(headers, table))
-    print()
-    print(
-        markdown_table(
-            ["replicas", "N", "searches/s", "p50 ms", "p99 ms"],
-            [[r["replicas"], r["n"], r["searches_per_s"], r["p50"], r["p99"]] for r in replicas],
-        )
-    )
-    print()
-    print(schema)
-    write_results(
-        args.out,
-        {
-            "quick": args.quick,
-            "machine": machine_info(),
-            "args": {k: str(v) for k, v in vars(args).items()},
-            "rows": [asdict(r) for r in rows],
-            "replicas": replicas,
-            "schema": schema,
-        },
-    )
+    if schema:
+        print()
+        print(schema)
+    write_results(args.out, results(args, rows, schema, partial=False))
     return 0
+
+
+def results(args: Any, rows: list[BackendRow], schema: dict[str, Any], partial: bool) -> dict[str, Any]:
+    return {
+        "quick": args.quick,
+        "partial": partial,
+        "machine": machine_info(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "rows": [asdict(r) for r in rows],
+        "schema": schema,
+    }
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,9 +26,11 @@ from service.core.errors import install_error_handlers
 from service.core.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.core.settings import Settings
 from service.core.version import VERSION
+from service.gallery.base import Gallery
 from service.gallery.batched_search import BatchedSearch
 from service.gallery.factory import open_gallery
 from service.gallery.local.store import FingerprintMismatchError
+from service.gallery.milvus.backend import MilvusUnreachableError, ModelMismatchError
 from service.http.deps import ServiceState, ThresholdPolicy
 from service.http.docs import install_docs
 from service.http.pages import install_ui
@@ -82,7 +86,16 @@ def warn_if_uncalibrated(checkpoint: Path, policy: ThresholdPolicy) -> None:
     )
 
 
-async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceState:
+@dataclass
+class _Startup:
+    """Where start-up stands, for /healthz and /readyz while the gallery is not open yet."""
+
+    waiting: str = ""  # what the replica waits for (answered by /readyz as 503)
+    failed: str = ""  # why it gave up (answered by /healthz and /readyz as 503)
+
+
+async def _load_model(settings: Settings) -> tuple[Embedder, str, ThresholdPolicy]:
+    """Checkpoint -> warmed-up embedder, its fingerprint and the threshold policy."""
     if settings.checkpoint is None:
         raise RuntimeError("REID_CHECKPOINT is not set: point it at a .safetensors checkpoint")
     checkpoint = Path(settings.checkpoint)
@@ -103,23 +116,38 @@ async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceSt
         cache_dir=settings.onnx_cache_path,
         threads=settings.torch_threads,
     )
+    policy = threshold_policy(settings, embedder.spec.threshold, embedder.spec.thresholds)
+    warn_if_uncalibrated(checkpoint, policy)
+    warmup_sizes = sorted({1, settings.max_batch_size})[: settings.warmup_batches]
+    await asyncio.to_thread(embedder.warm_up, warmup_sizes)
+    return embedder, fingerprint, policy
+
+
+async def _open(
+    settings: Settings,
+    embedder: Embedder,
+    fingerprint: str,
+    metrics: ServiceMetrics,
+    wait: bool,
+    stop: threading.Event,
+) -> Gallery:
     on_gpu = embedder.device.type == "cuda"
     # FAISS follows REID_DEVICE: cuda:N puts the GPU indexes on device N (plain "cuda" is torch's current one).
     gpu_device = (
         (embedder.device.index if embedder.device.index is not None else torch.cuda.current_device()) if on_gpu else 0
     )
     try:
-        gallery = await asyncio.to_thread(
-            open_gallery, settings, embedder.embedding_dim, fingerprint, on_gpu, metrics, gpu_device
+        return await asyncio.to_thread(
+            open_gallery, settings, embedder.embedding_dim, fingerprint, on_gpu, metrics, gpu_device, wait, stop
         )
-    except FingerprintMismatchError as exc:
+    except (FingerprintMismatchError, ModelMismatchError) as exc:
         logger.critical("refusing to start: %s", exc)
         raise
 
-    policy = threshold_policy(settings, embedder.spec.threshold, embedder.spec.thresholds)
-    warn_if_uncalibrated(checkpoint, policy)
-    warmup_sizes = sorted({1, settings.max_batch_size})[: settings.warmup_batches]
-    await asyncio.to_thread(embedder.warm_up, warmup_sizes)
+
+def _state(
+    settings: Settings, embedder: Embedder, gallery: Gallery, metrics: ServiceMetrics, policy: ThresholdPolicy
+) -> ServiceState:
     batcher = DynamicBatcher(
         embedder.embed_batch,
         max_batch_size=settings.max_batch_size,
@@ -149,15 +177,7 @@ async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceSt
     )
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings or Settings()
-    app.state.settings = settings
-    if not logging.getLogger().handlers:
-        # Plain `uvicorn service.app:app` configures only its own loggers; give ours a handler too.
-        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    previous_pixel_limit = Image.MAX_IMAGE_PIXELS
-    state = await _build_state(settings, app.state.metrics)
+def _go_ready(app: FastAPI, state: ServiceState) -> None:
     app.state.reid = state
     state.ready = True
     logger.info(
@@ -168,15 +188,63 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.threshold.value,
         state.threshold.source,
     )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Model first; then the gallery. When Milvus does not answer the first try, the app starts serving at once
+    (/healthz 200, /readyz and the API 503) and opens the gallery in the background, so SIGTERM is honoured at any
+    moment of the wait; a model mismatch found there marks the replica failed (/healthz 503)."""
+    settings: Settings = app.state.settings or Settings()
+    app.state.settings = settings
+    if not logging.getLogger().handlers:
+        # Plain `uvicorn service.app:app` configures only its own loggers; give ours a handler too.
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    previous_pixel_limit = Image.MAX_IMAGE_PIXELS
+    startup = _Startup(waiting="loading the model")
+    app.state.startup = startup
+    metrics: ServiceMetrics = app.state.metrics
+    embedder, fingerprint, policy = await _load_model(settings)
+    stop = threading.Event()
+    opener: asyncio.Task[None] | None = None
+    try:
+        gallery = await _open(settings, embedder, fingerprint, metrics, wait=False, stop=stop)
+    except MilvusUnreachableError as exc:
+        startup.waiting = f"waiting for Milvus at {settings.milvus_location.split('@')[-1]}: {exc}"
+        logger.warning("%s; serving /healthz (and /readyz 503) while retrying", startup.waiting)
+
+        async def open_later() -> None:
+            try:
+                gallery = await _open(settings, embedder, fingerprint, metrics, wait=True, stop=stop)
+            except Exception as exc:
+                if not stop.is_set():
+                    startup.failed = f"start-up failed: {exc}"
+                    logger.critical("%s", startup.failed)
+                return
+            if stop.is_set():
+                await asyncio.to_thread(gallery.close)
+                return
+            startup.waiting = ""
+            _go_ready(app, _state(settings, embedder, gallery, metrics, policy))
+
+        opener = asyncio.create_task(open_later())
+    else:
+        startup.waiting = ""
+        _go_ready(app, _state(settings, embedder, gallery, metrics, policy))
     try:
         yield
     finally:
-        state.ready = False
-        # uvicorn has already waited for the in-flight requests; drain anyway so no queued crop is dropped.
-        await asyncio.to_thread(state.batcher.stop, 30.0, drain=True)
-        await asyncio.to_thread(state.searcher.stop, 30.0)
-        state.decode_pool.shutdown(wait=True)
-        await asyncio.to_thread(state.gallery.close)
+        stop.set()
+        if opener is not None:
+            await opener  # ends within one connect attempt (REID_MILVUS_TIMEOUT_S) of the stop
+        state: ServiceState | None = app.state.reid
+        if state is not None:
+            state.ready = False
+            # uvicorn has already waited for the in-flight requests; drain anyway so no queued crop is dropped.
+            await asyncio.to_thread(state.batcher.stop, 30.0, drain=True)
+            await asyncio.to_thread(state.searcher.stop, 30.0)
+            state.decode_pool.shutdown(wait=True)
+            await asyncio.to_thread(state.gallery.close)
         app.state.reid = None
         # Pillow's limit is process-wide: give it back for whoever else decodes images in this process.
         Image.MAX_IMAGE_PIXELS = previous_pixel_limit
@@ -195,6 +263,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.reid = None
+    app.state.startup = _Startup(waiting="starting")
     metrics = ServiceMetrics()
     app.state.metrics = metrics
     install_error_handlers(app)

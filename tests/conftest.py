@@ -10,11 +10,30 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.milvus_server import MilvusStandaloneServer, PrefixPool, standalone_available
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 # Two cores are shared between the test process and any server it starts.
 torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def milvus_standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusStandaloneServer]:
+    """One Milvus standalone server per test session (start-up takes 5-20 s), on its own ports and data folder.
+
+    Skipped when the ``milvus`` package (dev extra) is not installed. REID_TEST_MILVUS_NICE lowers its priority."""
+    if not standalone_available():
+        pytest.skip("the Milvus standalone server (PyPI package milvus, dev extra) is not installed")
+    server = MilvusStandaloneServer(tmp_path_factory.mktemp("milvus-standalone") / "data")
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def milvus_prefixes(milvus_standalone: MilvusStandaloneServer) -> PrefixPool:
+    return PrefixPool(milvus_standalone.uri)
 
 
 def shared_file(name: str) -> Path:

@@ -66,7 +66,18 @@ class Settings(BaseSettings):
         default=5.0, gt=0.0, le=600.0, description="Bound on every Milvus call; past it the request answers 503."
     )
     milvus_connect_timeout_s: float = Field(
-        default=60.0, ge=0.0, description="How long start-up waits for Milvus to answer."
+        default=60.0,
+        ge=0.0,
+        description="How long a replica keeps trying to reach Milvus at start-up (meanwhile /healthz answers and "
+        "/readyz says 503); past it the replica reports itself failed (/healthz 503).",
+    )
+    milvus_max_staleness_ms: int = Field(
+        default=1000,
+        ge=0,
+        le=60_000,
+        description="Milvus reads through any replica see every write acknowledged longer ago than this (a "
+        "replica's own writes at once); a drop answers after this long. 0: every read Strong (about one Milvus "
+        "time tick, 200 ms, per read).",
     )
     device: str = Field(
         default="auto", description="auto (the first CUDA device when there is one, else the CPU), cpu, cuda or cuda:N."

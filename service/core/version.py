@@ -1,6 +1,6 @@
 """The project's version, read from the installed package metadata (pyproject.toml is its one source).
 
-    from service.core.version import VERSION   # "0.2.0"; shown by reid-serve --version, GET /info, /openapi.json
+from service.core.version import VERSION   # "0.2.0"; shown by reid-serve --version, GET /info, /openapi.json
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """Build the gallery backend named by REID_GALLERY_BACKEND.
 
-    gallery = open_gallery(settings, embedding_dim=512, fingerprint=sha, use_gpu=False, observer=metrics)
+gallery = open_gallery(settings, embedding_dim=512, fingerprint=sha, use_gpu=False, observer=metrics)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 
 from service.core.settings import Settings
 from service.gallery.base import Gallery, GalleryObserver
@@ -40,6 +42,7 @@ def milvus_config(settings: Settings) -> MilvusConfig:
         hnsw_ef_search=settings.hnsw_ef_search,
         timeout_s=settings.milvus_timeout_s,
         connect_timeout_s=settings.milvus_connect_timeout_s,
+        max_staleness_ms=settings.milvus_max_staleness_ms,
     )
 
 
@@ -50,8 +53,13 @@ def open_gallery(
     use_gpu: bool = False,
     observer: GalleryObserver | None = None,
     gpu_device: int = 0,
+    wait: bool = True,
+    stop: threading.Event | None = None,
 ) -> Gallery:
-    """Open the configured backend (blocking: run it in a thread); it is ready to serve when this returns."""
+    """Open the configured backend (blocking: run it in a thread); it is ready to serve when this returns.
+
+    milvus: ``wait=False`` tries to connect once (MilvusUnreachableError when Milvus does not answer);
+    ``wait=True`` keeps trying for REID_MILVUS_CONNECT_TIMEOUT_S or until ``stop`` is set."""
     backend = settings.gallery_backend
     if backend == "local":
         return LocalGallery.open(
@@ -64,5 +72,8 @@ def open_gallery(
             snapshots=settings.index_snapshots,
         )
     if backend == "milvus":
-        return MilvusGallery.open(milvus_config(settings), embedding_dim, fingerprint, observer)
+        config = milvus_config(settings)
+        if not wait:
+            config = dataclasses.replace(config, connect_timeout_s=0.0)
+        return MilvusGallery.open(config, embedding_dim, fingerprint, observer, stop=stop)
     raise ValueError(f"unknown gallery backend {backend!r}; valid: local, milvus")

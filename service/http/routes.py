@@ -231,8 +231,16 @@ def _detail(item: GalleryItem) -> GalleryItemDetail:
 # ---------------------------------------------------------------- health
 
 
-@health_router.get("/healthz", response_model=HealthResponse, summary="Liveness: the process answers")
-async def healthz() -> HealthResponse:
+@health_router.get(
+    "/healthz",
+    response_model=HealthResponse,
+    responses=_errors(503),
+    summary="Liveness: the process answers (503 startup_failed once start-up has given up)",
+)
+async def healthz(request: Request) -> HealthResponse:
+    failed = getattr(getattr(request.app.state, "startup", None), "failed", "")
+    if failed:  # start-up gave up (e.g. Milvus never answered): let the orchestrator restart the process
+        raise ServiceError(503, "startup_failed", failed)
     return HealthResponse(status="ok")
 
 
@@ -245,7 +253,10 @@ async def healthz() -> HealthResponse:
 async def readyz(request: Request) -> HealthResponse:
     state: ServiceState | None = getattr(request.app.state, "reid", None)
     if state is None or not state.ready:
-        raise NotReadyError("model or index not ready yet")
+        startup = getattr(request.app.state, "startup", None)
+        if startup is not None and startup.failed:
+            raise ServiceError(503, "startup_failed", startup.failed)
+        raise NotReadyError(getattr(startup, "waiting", "") or "model or index not ready yet")
     health = await asyncio.to_thread(state.gallery.health)
     if not health.ok:
         raise BackendUnavailableError(f"gallery backend {health.backend!r}: {health.detail}")
@@ -558,4 +569,12 @@ async def info(state: StateDep) -> InfoResponse:
 async def metrics(request: Request) -> Response:
     # Served even before readiness: a scrape during start-up should see the process, not a 503.
     service_metrics = request.app.state.metrics
+    state: ServiceState | None = getattr(request.app.state, "reid", None)
+    if state is not None and state.ready and state.gallery.backend == "milvus":
+        # Writes never count (through any replica, a count per write would grow with the gallery): the size
+        # gauges of a shared gallery are read from Milvus when scraped, one count per collection.
+        try:
+            await asyncio.to_thread(state.gallery.collections)
+        except BackendUnavailableError as exc:
+            logger.warning("gallery sizes not refreshed for /metrics: %s", exc.detail)
     return Response(service_metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,15 +1,21 @@
-"""Two stateless replicas on one Milvus: a Milvus Lite gRPC server on a loopback port, two real uvicorn processes
-(A, B) pointed at it, and a third process on the local backend as the reference.
+"""Two stateless replicas on one Milvus, on both servers: the Milvus standalone server of the session
+(tests/conftest.py; the real server, which decides where the two differ) and a Milvus Lite gRPC server. Two real
+uvicorn processes (A, B) point at it, and a third process on the local backend is the reference.
 
 Register through A, query through B: the same top-1 labels as the local backend (real CUHK03 crops with the
 imported OSNet-x0.25 weights from ../shared/data; the tiny checkpoint on synthetic crops when they are absent).
 Delete through B: gone through A. kill -9 A during 4 clients' registrations: every 201 is found through B.
 kill -9 the Milvus server and restart it: every acknowledged item is still there. Milvus stopped: 503
-backend_unavailable, then recovery by itself.
+backend_unavailable, then recovery by itself. A replica started before its Milvus answers /healthz, says 503 on
+/readyz, stops on SIGTERM, and turns ready once Milvus is there.
+
+Another replica's writes show within REID_MILVUS_MAX_STALENESS_MS (1 s), so reads through the other replica wait
+for them with a deadline (wait_until), never a sleep.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +28,8 @@ import pytest
 from model import save_checkpoint
 from tests.conftest import SHARED_DATA
 from tests.support.images import files_field, player_png
-from tests.support.live_server import LiveServer, server_env
-from tests.support.milvus_server import MilvusLiteServer
+from tests.support.live_server import LiveServer, free_port, server_env
+from tests.support.milvus_server import MilvusLiteServer, MilvusProcess
 from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.slow
@@ -75,19 +81,25 @@ def crops(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Cr
 
 @dataclass
 class Cluster:
-    milvus: MilvusLiteServer
+    milvus: MilvusProcess
     a: LiveServer
     b: LiveServer
     local: LiveServer
 
 
-@pytest.fixture(scope="module")
-def cluster(crops: Crops, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+@pytest.fixture(scope="module", params=["milvus-server", "milvus-lite-server"])
+def cluster(
+    request: pytest.FixtureRequest, crops: Crops, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("replicas")
-    milvus = MilvusLiteServer(tmp / "milvus").start()
+    owned = request.param == "milvus-lite-server"
+    milvus: MilvusProcess = (
+        MilvusLiteServer(tmp / "milvus").start() if owned else request.getfixturevalue("milvus_standalone")
+    )
     extra = {
         "REID_GALLERY_BACKEND": "milvus",
         "REID_MILVUS_URI": milvus.uri,
+        "REID_MILVUS_COLLECTION_PREFIX": f"e2e_{tmp.name.replace('-', '_')}",
         "REID_MILVUS_TIMEOUT_S": "2",
         "REID_MAX_BATCH_SIZE": "32",
     }
@@ -99,12 +111,15 @@ def cluster(crops: Crops, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         for server in servers:  # start all three, then wait: their start-ups overlap
             server.start(wait=False)
         for server in servers:
-            server.wait_ready()
+            server.wait_ready(timeout_s=300.0)  # three model loads (ONNX export included) on 2 shared cores
         yield Cluster(milvus, a, b, local)
     finally:
         for server in servers:
             server.stop()
-        milvus.kill()
+        if owned:
+            milvus.kill()
+        elif not milvus.running:  # the session's server: leave it running for the tests after this module
+            milvus.start()
 
 
 def register(client: httpx.Client, collection: str, crops: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
@@ -115,6 +130,12 @@ def register(client: httpx.Client, collection: str, crops: list[tuple[str, bytes
     )
     assert response.status_code == 201, response.text
     return list(response.json()["items"])
+
+
+def listed(client: httpx.Client, collection: str) -> int:
+    """Items in the collection as the replica lists them (0 while it does not know the collection yet)."""
+    response = client.get("/gallery", params={"collection": collection})
+    return int(response.json()["total"]) if response.status_code == 200 else 0
 
 
 def top1(client: httpx.Client, collection: str, probes: list[tuple[str, bytes]]) -> list[str]:
@@ -136,10 +157,11 @@ def test_register_through_a_query_through_b_agrees_with_local(cluster: Cluster, 
     with cluster.a.client() as a, cluster.b.client() as b, cluster.local.client() as local:
         register(a, "agree", crops.gallery)
         register(local, "agree", crops.gallery)
-        # No wait between A's 201 and B's query: Strong consistency makes the items visible at once.
+        # A's writes reach B within the staleness bound; A itself sees them at once.
+        assert a.get("/gallery", params={"collection": "agree"}).json()["total"] == len(crops.gallery)
+        wait_until(lambda: listed(b, "agree") == len(crops.gallery), "B sees A's registrations")
         through_b = top1(b, "agree", crops.probes)
         reference = top1(local, "agree", crops.probes)
-        assert b.get("/gallery", params={"collection": "agree"}).json()["total"] == len(crops.gallery)
     hits = sum(label == truth for label, (truth, _) in zip(through_b, crops.probes, strict=True))
     same = through_b == reference
     print(f"\n{crops.source}: top-1 through replica B {hits}/{len(crops.probes)}, same as local: {same}")
@@ -150,11 +172,13 @@ def test_delete_through_b_is_gone_through_a(cluster: Cluster, crops: Crops) -> N
     with cluster.a.client() as a, cluster.b.client() as b:
         items = register(a, "delete", crops.gallery[:3])
         gone = items[1]["id"]
+        wait_until(lambda: b.get(f"/gallery/{gone}").status_code == 200, "B sees A's registration")
         assert b.delete(f"/gallery/{gone}").status_code == 200
-        assert a.get(f"/gallery/{gone}").status_code == 404
+        wait_until(lambda: a.get(f"/gallery/{gone}").status_code == 404, "A sees B's delete")
         response = a.post("/query", files=files_field(crops.gallery[1][1]), data={"collection": "delete", "top_k": 3})
         assert gone not in {m["id"] for m in response.json()["results"][0]["matches"]}
         assert b.delete("/collections/delete").json()["deleted_items"] == 2
+        # A drop answers once every replica's reads see it: no waiting here.
         assert a.get("/gallery", params={"collection": "delete"}).status_code == 404
 
 
@@ -197,8 +221,10 @@ def test_kill_9_replica_a_during_registrations_loses_no_acknowledged_crop(cluste
     with lock:
         acknowledged = list(acked)
     with cluster.b.client() as b:
+        # Within the staleness bound every acknowledged item shows through B (or the wait fails, naming it).
+        wait_until(lambda: listed(b, "crash") >= len(acknowledged), "B sees every acknowledged registration")
         found = [i for i in acknowledged if b.get(f"/gallery/{i}").status_code == 200]
-        total = b.get("/gallery", params={"collection": "crash"}).json()["total"]
+        total = listed(b, "crash")
     print(
         f"\nkill -9 of replica A under 4 clients: {len(acknowledged)} acknowledged with 201, "
         f"{len(found)} found through B (lost {len(acknowledged) - len(found)}), {total} stored, "
@@ -217,6 +243,7 @@ def test_kill_9_and_restart_of_milvus_keeps_every_acknowledged_item(cluster: Clu
     cluster.milvus.start()
     wait_until(lambda: ready(cluster.a) and ready(cluster.b), "both replicas ready again", timeout_s=90.0)
     with cluster.a.client() as a, cluster.b.client() as b:
+        wait_until(lambda: listed(b, "durable") == len(items), "B sees the items after the restart")
         for item in items:
             assert b.get(f"/gallery/{item['id']}").status_code == 200
         assert a.get("/gallery", params={"collection": "durable"}).json()["total"] == len(items)
@@ -240,3 +267,45 @@ def test_milvus_down_answers_503_backend_unavailable_then_recovers(cluster: Clus
         cluster.milvus.start()
         wait_until(lambda: ready(cluster.b), "replica B ready again", timeout_s=90.0)
         assert top1(b, "outage", crops.gallery[:2]) == [label for label, _ in crops.gallery[:2]]
+
+
+def test_a_replica_started_before_its_milvus_waits_serving_health_and_stops_on_sigterm(
+    crops: Crops, tmp_path: Path
+) -> None:
+    port = free_port()  # nobody listens here yet
+    env = server_env(
+        crops.checkpoint,
+        tmp_path / "replica",
+        REID_GALLERY_BACKEND="milvus",
+        REID_MILVUS_URI=f"http://127.0.0.1:{port}",
+        REID_MILVUS_TIMEOUT_S="2",
+        REID_MILVUS_CONNECT_TIMEOUT_S="600",
+    )
+    replica = LiveServer(env, log_path=tmp_path / "replica.log").start(wait=False)
+    try:
+        wait_until(lambda: "waiting for Milvus" in replica.logs(), "the replica to report that it waits for Milvus")
+        wait_until(lambda: health(replica) == 200, "/healthz answering while Milvus is absent")
+        not_ready = httpx.get(f"{replica.url}/readyz", timeout=5)
+        assert not_ready.status_code == 503 and not_ready.json()["error"] == "not_ready"
+        assert "waiting for Milvus" in not_ready.json()["detail"]
+        assert httpx.get(f"{replica.url}/collections", timeout=5).status_code == 503
+        # SIGTERM while it waits: the lifespan's shutdown runs ("stopped"), then uvicorn exits with 0 or re-raises
+        # the signal (-15); stop() falls back to SIGKILL after 30 s, which reads -9.
+        assert replica.stop(timeout_s=30.0) in (0, -signal.SIGTERM), replica.tail()
+        assert "service.app: stopped" in replica.logs()
+        # Started again, it turns ready by itself once a Milvus listens on that port.
+        replica.start(wait=False)
+        wait_until(lambda: health(replica) == 200, "/healthz answering again")
+        with MilvusLiteServer(tmp_path / "late-milvus", port=port):
+            replica.wait_ready()
+            with replica.client() as client:
+                assert register(client, "late", crops.gallery[:1])
+    finally:
+        replica.stop()
+
+
+def health(server: LiveServer) -> int:
+    try:
+        return httpx.get(f"{server.url}/healthz", timeout=5).status_code
+    except httpx.HTTPError:
+        return 0

@@ -14,12 +14,15 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
+from model.checkpoint import read_checkpoint_spec
 from service.app import create_app
 from service.core.settings import Settings
+from tests.support.milvus_server import PrefixPool
 
 AppFactory = Callable[..., TestClient]
-# The API contract runs on every gallery backend (milvus: Milvus Lite embedded on a file in tmp_path).
-BACKENDS = ["local", "milvus"]
+# The API contract runs on every gallery backend: local; milvus on Milvus Lite embedded on a file in tmp_path;
+# milvus-server on the session's Milvus standalone server (tests/conftest.py), on collections of the test's own.
+BACKENDS = ["local", "milvus", "milvus-server"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -28,9 +31,18 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture()
-def make_client(tiny_checkpoint: Path, tmp_path: Path, backend: str) -> Iterator[AppFactory]:
+def make_client(
+    tiny_checkpoint: Path, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> Iterator[AppFactory]:
     """Factory: make_client(**settings) -> a started TestClient; all are closed at test end."""
     clients: list[TestClient] = []
+    server: dict[str, Any] = {}
+    pool: PrefixPool | None = None
+    prefix = ""
+    if backend == "milvus-server":
+        pool = request.getfixturevalue("milvus_prefixes")
+        prefix = pool.take(read_checkpoint_spec(tiny_checkpoint).embedding_dim)
+        server = {"gallery_backend": "milvus", "milvus_uri": pool.uri, "milvus_collection_prefix": prefix}
 
     def factory(**overrides: Any) -> TestClient:
         values: dict[str, Any] = {
@@ -42,6 +54,7 @@ def make_client(tiny_checkpoint: Path, tmp_path: Path, backend: str) -> Iterator
             "warmup_batches": 1,
             "decode_workers": 2,
             "gallery_backend": backend,
+            **server,
         }
         values.update(overrides)
         client = TestClient(create_app(Settings(**values)))
@@ -52,6 +65,8 @@ def make_client(tiny_checkpoint: Path, tmp_path: Path, backend: str) -> Iterator
     yield factory
     for client in reversed(clients):
         client.__exit__(None, None, None)
+    if pool is not None:
+        pool.give_back(prefix)
 
 
 @pytest.fixture()

@@ -1,4 +1,5 @@
-"""The gallery layer's contract, on every backend (parametrised through the ``gallery`` fixture)."""
+"""The gallery layer's contract, on every backend (parametrised through the ``gallery`` fixture): local, Milvus Lite
+embedded in this process, and a real Milvus standalone server (one per session, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from service.gallery import (
 from service.gallery.local.backend import LocalGallery
 from service.gallery.local.index import IndexConfig
 from service.gallery.milvus.backend import MilvusConfig, MilvusGallery
+from tests.support.milvus_server import PrefixPool
 
 DIM = 16
 OpenGallery = Callable[[], Gallery]
@@ -46,11 +48,22 @@ def open_milvus(path: Path) -> OpenGallery:
     return lambda: MilvusGallery.open(MilvusConfig(uri=str(path / "milvus.db")), DIM, "fp")
 
 
-@pytest.fixture(params=["local", "milvus"])
-def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> OpenGallery:
+def open_milvus_server(uri: str, prefix: str) -> OpenGallery:
+    """The shared Milvus standalone server, on collections of this test's own prefix."""
+    return lambda: MilvusGallery.open(MilvusConfig(uri=uri, prefix=prefix), DIM, "fp")
+
+
+@pytest.fixture(params=["local", "milvus", "milvus-server"])
+def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenGallery]:
     """A function opening the backend's gallery on the same durable state each time it is called."""
-    openers: dict[str, Callable[[Path], OpenGallery]] = {"local": open_local, "milvus": open_milvus}
-    return openers[request.param](tmp_path)
+    if request.param != "milvus-server":
+        openers: dict[str, Callable[[Path], OpenGallery]] = {"local": open_local, "milvus": open_milvus}
+        yield openers[request.param](tmp_path)
+        return
+    pool: PrefixPool = request.getfixturevalue("milvus_prefixes")
+    prefix = pool.take(DIM)
+    yield open_milvus_server(pool.uri, prefix)
+    pool.give_back(prefix)
 
 
 @pytest.fixture()

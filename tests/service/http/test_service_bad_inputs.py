@@ -168,13 +168,21 @@ def server(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
+    backend: dict[str, Any] = {"gallery_backend": request.param}
+    pool = None
+    if request.param == "milvus-server":  # the session's Milvus standalone server, on collections of its own
+        from model.checkpoint import read_checkpoint_spec
+
+        pool = request.getfixturevalue("milvus_prefixes")
+        prefix = pool.take(read_checkpoint_spec(tiny_checkpoint).embedding_dim)
+        backend = {"gallery_backend": "milvus", "milvus_uri": pool.uri, "milvus_collection_prefix": prefix}
     settings = Settings(
         checkpoint=tiny_checkpoint,
         data_dir=tmp_path_factory.mktemp("bad"),
         device="cpu",
         warmup_batches=1,
         max_batch_size=4,
-        gallery_backend=request.param,
+        **backend,
         **LIMITS,
     )
     with TestClient(create_app(settings)) as client:
@@ -185,6 +193,8 @@ def server(
         )
         assert response.status_code == 201
         yield client
+    if pool is not None:
+        pool.give_back(prefix)
 
 
 def snapshot(client: Any) -> tuple[Any, Any]:

@@ -70,6 +70,8 @@ from service.gallery.base import (
 from service.gallery.milvus.filters import literal, literal_list
 
 logger = logging.getLogger(__name__)
+# Milvus caps offset + limit of one query at 16,384 rows.
+_QUERY_RESULT_CAP = 16_384
 
 T = TypeVar("T")
 
@@ -797,6 +799,19 @@ class MilvusGallery:
         return int(row["seq"]), after
 
     def _scan_keys(self, expr: str, options: dict[str, Any]) -> list[tuple[int, str]]:
+        # Up to Milvus's result cap one query reads the keys with this read's own consistency options (the
+        # standalone server's query iterator takes its own read timestamp and missed this replica's latest
+        # writes); past the cap the iterator pages through them.
+        rows = self._client.query(
+            self.items_name,
+            filter=expr,
+            output_fields=["id", "seq"],
+            limit=_QUERY_RESULT_CAP,
+            timeout=self.config.timeout_s,
+            **options,
+        )
+        if len(rows) < _QUERY_RESULT_CAP:
+            return [(int(r["seq"]), str(r["id"])) for r in rows]
         iterator = self._client.query_iterator(
             self.items_name,
             batch_size=4096,

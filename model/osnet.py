@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -213,6 +214,7 @@ class OSNetReID(ReIDModel):
         std: Sequence[float] = IMAGENET_STD,
         neck: str = "bnneck",
         classifier_bias: bool = False,
+        pretrained: str | Path | None = None,
     ) -> None:
         if not type(self).architecture:
             raise TypeError("OSNetReID is abstract: build one of " + ", ".join(sorted(OSNET_ARCHITECTURES)))
@@ -238,6 +240,20 @@ class OSNetReID(ReIDModel):
             nn.init.normal_(self.classifier.weight, std=0.001)
             nn.init.zeros_(self.classifier.bias)
         self.backbone = OSNetBackbone(self.CHANNELS)
+        self.init_sources: list[dict[str, Any]] = []
+        if pretrained is not None:
+            self._load_backbone(pretrained)
+
+    def _load_backbone(self, pretrained: str | Path) -> None:
+        """Initialise the backbone (fc included) from a torchreid model-zoo file; its classifier is dropped."""
+        from model.appearance import strict_copy
+        from model.backbones import load_state_dict_file
+        from model.sources import weight_source
+
+        state = {k.removeprefix("module."): v for k, v in load_state_dict_file(pretrained).items()}
+        strict_copy(self.backbone, {k: v for k, v in state.items() if not k.startswith("classifier.")}, str(pretrained))
+        self.init_sources.append(weight_source(pretrained, "appearance"))
+        logger.info("%s backbone from %s (its classifier dropped)", self.architecture, pretrained)
 
     def extract(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.backbone(x), {}

@@ -55,3 +55,20 @@ def test_recommended_recipe_sums_layer_terms_and_keeps_the_pose_prior() -> None:
     assert config.model.options["layer_wise"] and config.loss.layer_weight == 1.0
     assert config.model.options["pose_weights"].endswith(".safetensors")
     assert config.optim.lr_mult == {"pose": 0.1} and config.data.train_fraction == 1.0
+
+
+def test_pose_ablation_variants_share_data_steps_seed_and_budget() -> None:
+    """(a), (b) and (c) differ in the model only: same data, steps, seed, batch, schedule, no selection."""
+    variants = [_config(f"pose_ablation_{name}.yaml") for name in ("a_osnet", "b_pose", "c_pose_layers")]
+    first = variants[0].as_dict()
+    for config in variants[1:]:
+        other = config.as_dict()
+        for section in ("data", "optim", "sampler", "loss"):
+            assert other[section] == first[section], section
+        assert {k: v for k, v in other["run"].items() if k != "out_dir"} == {
+            k: v for k, v in first["run"].items() if k != "out_dir"
+        }
+    assert all(c.run.select == "last" for c in variants)
+    b, c = variants[1].model.options, variants[2].model.options
+    assert b["pose"] == c["pose"] == "efficientpose_rt" and not b["layer_wise"] and c["layer_wise"]
+    assert {k: v for k, v in b.items() if k != "layer_wise"} == {k: v for k, v in c.items() if k != "layer_wise"}

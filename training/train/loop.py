@@ -107,8 +107,8 @@ def read_data(config: TrainConfig) -> ReidSplit:
 
 POSE_WEIGHTS_HELP = (
     "pose_bilinear needs model.options.pose_weights: a converted CMU OpenPose body file (reid-import-openpose, "
-    "see the README) or, with pose: efficientpose_rt / efficientpose_i, efficientpose_rt.pth / efficientpose_i.pth, "
-    "for the pose prior the method relies on, or explicitly `none` (random pose stream) or "
+    "see docs/training.md) or, with pose: efficientpose_rt / efficientpose_i, efficientpose_rt.pth / "
+    "efficientpose_i.pth, for the pose prior the method relies on, or explicitly `none` (random pose stream) or "
     "`imagenet` (VGG-19 ImageNet front only, OpenPose stages random) to train without one"
 )
 

@@ -43,7 +43,7 @@ from benchmarks.common import (
 
 ensure_repo_on_path()
 
-from model import load_checkpoint  # noqa: E402
+from model import build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.data.market_half import SOURCE_FILE, prepare_market_half  # noqa: E402
 from training.data.readers import read_cuhk03, read_market1501  # noqa: E402
@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 CONFIGS = REPO_ROOT / "training" / "configs"
 VARIANTS: dict[str, tuple[str, str]] = {
+    # Not trained here: where (a) starts from, scored the same way (for what the fine-tuning changed).
+    "0": ("", "(0) OSNet-x0.25 MSMT17 weights as published, not fine-tuned"),
     "a": ("pose_ablation_a_osnet.yaml", "(a) appearance only: OSNet-x0.25 (MSMT17 init)"),
     "b": ("pose_ablation_b_pose.yaml", "(b) pose-bilinear: OSNet-x0.25 + EfficientPose-RT part maps"),
     "c": ("pose_ablation_c_pose_layers.yaml", "(c) = (b) + layer-wise heads (conv2, conv3, conv4)"),
@@ -110,6 +112,14 @@ def score_split(model: Any, query: list[Any], gallery: list[Any], batch: int) ->
 def run_variant(key: str, market: Path, out_root: Path, overrides: list[str]) -> dict[str, Any]:
     """Train variant ``key`` with its config (+ overrides) and return what the run says about itself."""
     config_name, _ = VARIANTS[key]
+    if not config_name:
+        base = load_config(CONFIGS / VARIANTS["a"][0], [f"data.root={market}"])
+        model = build_model("osnet_x0_25", num_classes=0, input_size=(base.data.height, base.data.width),
+                            **base.model.options)
+        path = out_root / key / "untrained.safetensors"
+        save_checkpoint(model, path)
+        return {"checkpoint": path, "train_seconds": 0.0, "steps": 0, "batch": 0, "seed": base.run.seed,
+                "config": "-", "command": "benchmarks/pose_ablation.py --variants 0"}
     args = [f"data.root={market}", f"run.out_dir={out_root / key}", "run.resume=false", *overrides]
     config = load_config(CONFIGS / config_name, args)
     started = time.perf_counter()
@@ -200,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             results[key] = _variant_job(job)
 
     if "a" in results:
-        for key in [k for k in results if k != "a"]:
+        for key in [k for k in results if k not in ("a", "0")]:
             for split in ("within_domain", "cuhk03"):
                 base, other = results["a"][split]["_per_query"], results[key][split]["_per_query"]
                 results[key][split]["vs_a"] = {

@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.split("\n\n")[0] if __doc__ else "", "default_model_cost.json")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT, help="the model to cost (default: the default)")
     parser.add_argument("--baseline", type=Path, default=None, help="OSNet-x0.25 checkpoint (default: random init)")
+    parser.add_argument("--label", default="default", help="name of --checkpoint in the table")
+    parser.add_argument("--baseline-label", default="osnet_x0_25")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of HTTP load per model")
     parser.add_argument("--gallery", type=int, default=64)
     args = parser.parse_args(argv)
@@ -85,21 +87,22 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="reid-default-cost-") as tmp:
         work = Path(tmp)
         baseline, _ = bench_checkpoint(args.baseline, work, "osnet_x0_25", size)
-        models = {"default": args.checkpoint, "osnet_x0_25": baseline}
+        models = {args.label: args.checkpoint, args.baseline_label: baseline}
         results = {name: measure(path, work, name, payloads, args.duration, args.gallery)
                    for name, path in models.items()}
+    first, second = results[args.label], results[args.baseline_label]
     ratio = {
-        key: results["default"][key] / results["osnet_x0_25"][key]
+        key: first[key] / second[key]
         for key in ("raw_crops_per_s_batch32", "http_crops_per_s", "start_to_ready_s_cold", "start_to_ready_s_warm")
-        if results["osnet_x0_25"].get(key)
+        if second.get(key)
     }
     rows = [
         [name, r["raw_crops_per_s_batch32"], r["http_crops_per_s"], r["start_to_ready_s_warm"],
          r["start_to_ready_s_cold"]]
         for name, r in results.items()
     ]
-    rows.append(["default / osnet_x0_25", ratio.get("raw_crops_per_s_batch32"), ratio.get("http_crops_per_s"),
-                 ratio.get("start_to_ready_s_warm"), ratio.get("start_to_ready_s_cold")])
+    rows.append([f"{args.label} / {args.baseline_label}", ratio.get("raw_crops_per_s_batch32"),
+                 ratio.get("http_crops_per_s"), ratio.get("start_to_ready_s_warm"), ratio.get("start_to_ready_s_cold")])
     table = markdown_table(
         [f"model (onnxruntime, 1 thread, input {size[0]}x{size[1]})", "raw crops/s (batch 32)",
          "HTTP crops/s (32-crop requests)", "start to ready, graph cached (s)", "start to ready, no graph (s)"],
@@ -110,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "machine": machine_info(),
         "checkpoint": args.checkpoint.name,
+        "labels": [args.label, args.baseline_label],
         "architecture": spec.architecture,
         "baseline": args.baseline.name if args.baseline else "osnet_x0_25 random init",
         "input_size": list(size),
         "results": results,
-        "ratio_default_over_osnet": ratio,
+        "ratio_first_over_second": ratio,
         "table": table,
     }
     write_results(args.out, payload)

@@ -243,8 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         "quick": bool(args.quick),
         "overrides": overrides,
         "machine": machine_info(),
-        "results": {k: {**v, "within_domain": _strip(v["within_domain"]), "cuhk03": _strip(v["cuhk03"])}
-                    for k, v in results.items()},
+        # The checkpoints live in the work folder (a path of this machine): not part of the record.
+        "results": {
+            k: {**{f: x for f, x in v.items() if f != "checkpoint"},
+                "within_domain": _strip(v["within_domain"]), "cuhk03": _strip(v["cuhk03"])}
+            for k, v in results.items()
+        },
         "table": table,
     }
     write_results(args.out, payload)

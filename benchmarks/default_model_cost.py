@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append([f"{args.label} / {args.baseline_label}", ratio.get("raw_crops_per_s_batch32"),
                  ratio.get("http_crops_per_s"), ratio.get("start_to_ready_s_warm"), ratio.get("start_to_ready_s_cold")])
     table = markdown_table(
-        [f"model (onnxruntime, 1 thread, input {size[0]}x{size[1]})", "raw crops/s (batch 32)",
+        ["model (onnxruntime, 1 thread)", "raw crops/s (batch 32)",
          "HTTP crops/s (32-crop requests)", "start to ready, graph cached (s)", "start to ready, no graph (s)"],
         rows,
     )

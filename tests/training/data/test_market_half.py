@@ -49,7 +49,7 @@ def test_split_is_seeded() -> None:
 
 
 def test_impossible_test_size_is_refused() -> None:
-    with pytest.raises(ValueError, match="test_ids must be in 1..11"):
+    with pytest.raises(ValueError, match=r"test_ids must be in 1\.\.11"):
         split_identities(_names(), test_ids=12, seed=0)
 
 

@@ -24,11 +24,14 @@ from service.core.errors import install_error_handlers
 from service.core.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.core.settings import Settings
 from service.core.version import VERSION
+from service.gallery.batched_search import BatchedSearch
 from service.gallery.factory import open_gallery
 from service.gallery.local.store import FingerprintMismatchError
 from service.http.deps import ServiceState, ThresholdPolicy
 from service.http.docs import install_docs
+from service.http.pages import install_ui
 from service.http.routes import api_router, health_router
+from service.http.security import ConfiguredCorsMiddleware, SecurityHeadersMiddleware
 from service.http.upload_limit import UploadLimitMiddleware
 from service.inference.batching import DynamicBatcher
 from service.inference.embedder import Embedder
@@ -44,6 +47,7 @@ with cosine scores, candidates grouped by player, and `match: null` when nobody 
 Every error answers `{"error": code, "detail": message}`. When the server runs with `REID_API_KEY`, send it
 in the `X-API-Key` header (or as `Authorization: Bearer <key>`) on every route except `/healthz`, `/readyz` and
 the docs.
+The same features for people, in the browser: [/ui](/ui).
 """
 
 
@@ -125,6 +129,8 @@ async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceSt
         observer=metrics,
     )
     batcher.start()
+    searcher = BatchedSearch(gallery.search, max_queries=settings.max_search_batch)
+    searcher.start()
     return ServiceState(
         settings=settings,
         embedder=embedder,
@@ -132,6 +138,7 @@ async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceSt
         gallery=gallery,
         metrics=metrics,
         decode_pool=ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="reid-decode"),
+        searcher=searcher,
         threshold=policy,
         image_limits=ImageLimits(
             max_file_bytes=settings.max_file_bytes,
@@ -167,6 +174,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.ready = False
         # uvicorn has already waited for the in-flight requests; drain anyway so no queued crop is dropped.
         await asyncio.to_thread(state.batcher.stop, 30.0, drain=True)
+        await asyncio.to_thread(state.searcher.stop, 30.0)
         state.decode_pool.shutdown(wait=True)
         await asyncio.to_thread(state.gallery.close)
         app.state.reid = None
@@ -193,15 +201,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(api_router)
     install_docs(app)
+    install_ui(app)
     default_limit = Settings.model_fields["max_upload_bytes"].default
 
     def upload_limit() -> int:
         current: Settings | None = app.state.settings
         return current.max_upload_bytes if current is not None else int(default_limit)
 
-    # Added last = outermost: latency is measured around the upload limit so its 413s are counted too.
+    def cors_origins() -> tuple[str, ...]:
+        current: Settings | None = app.state.settings
+        return current.cors_origins if current is not None else ()
+
+    # Added last = outermost: latency is measured around the upload limit so its 413s are counted too, and the
+    # security headers go on every answer, CORS preflights and 413s included.
     app.add_middleware(UploadLimitMiddleware, limit=upload_limit)
+    app.add_middleware(ConfiguredCorsMiddleware, origins=cors_origins)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
     return app
 
 

@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.core.headers import with_baseline
+
 logger = logging.getLogger(__name__)
 
 _STATUS_CODES: dict[int, str] = {
@@ -31,6 +33,7 @@ _STATUS_CODES: dict[int, str] = {
     429: "too_many_requests",
     500: "internal_error",
     503: "unavailable",
+    507: "insufficient_storage",
 }
 
 
@@ -64,6 +67,13 @@ class OverloadedError(ServiceError):
 
     def __init__(self, detail: str, retry_after_s: int = 1) -> None:
         super().__init__(503, "overloaded", detail, {"Retry-After": str(retry_after_s)})
+
+
+class InsufficientStorageError(ServiceError):
+    """The disk holding the data is full: 507. The write was rolled back, nothing earlier is lost, reads go on."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(507, "insufficient_storage", detail)
 
 
 class NotReadyError(ServiceError):
@@ -128,7 +138,8 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "internal server error")
+    # Starlette answers this one from its outermost middleware, past SecurityHeadersMiddleware: add them here.
+    return error_response(500, "internal_error", "internal server error", with_baseline())
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _RUNTIME_PATTERN = re.compile(r"^(auto|torch|onnxruntime)$")
+# scheme://host[:port], no path: the form a browser sends in its Origin header.
+_ORIGIN_PATTERN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 
 
 class Settings(BaseSettings):
@@ -96,6 +99,11 @@ class Settings(BaseSettings):
         default=None,
         description="When set, every route but health and docs requires X-API-Key (or Authorization: Bearer).",
     )
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Origins (scheme://host[:port], comma-separated) whose pages may call the API from a browser; "
+        "none by default. The key must still be sent.",
+    )
     threshold: float | None = Field(
         default=None,
         ge=-1.0,
@@ -125,6 +133,12 @@ class Settings(BaseSettings):
         default=True,
         description="Save built indexes under REID_DATA_DIR/indexes so a restart loads them instead of rebuilding.",
     )
+    max_search_batch: int = Field(
+        default=256,
+        ge=1,
+        description="Query rows searched in one gallery call: the search thread serves the queued POST /query "
+        "searches of a collection together, in arrival order.",
+    )
     decode_workers: int = Field(default=4, ge=1, description="Threads decoding and resizing uploads.")
     warmup_batches: int = Field(default=2, ge=0, description="Dummy batches run before /readyz turns 200.")
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 503 overloaded.")
@@ -150,6 +164,23 @@ class Settings(BaseSettings):
         if not _RUNTIME_PATTERN.match(value):
             raise ValueError(f"runtime must be auto, torch or onnxruntime, got {value!r}")
         return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _check_origins(cls, value: object) -> tuple[str, ...]:
+        if isinstance(value, str):
+            items: list[object] = list(value.split(","))
+        elif isinstance(value, list | tuple):
+            items = list(value)
+        else:
+            raise ValueError("cors_origins: a comma-separated string or a list of origins")
+        origins = tuple(str(item).strip().rstrip("/") for item in items if str(item).strip())
+        for origin in origins:
+            if origin == "*":
+                raise ValueError("cors_origins: name each origin (e.g. https://dashboard.example.org), not '*'")
+            if not _ORIGIN_PATTERN.match(origin):
+                raise ValueError(f"cors_origins: {origin!r} is not scheme://host[:port] (http or https, no path)")
+        return origins
 
     @field_validator("api_key", "milvus_token")
     @classmethod

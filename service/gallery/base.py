@@ -117,6 +117,18 @@ class DuplicateCropError(ServiceError):
         self.duplicates = list(duplicates)
 
 
+class UnknownCursorError(ServiceError):
+    """A listing cursor that cannot be placed (not an item id of this gallery, and not time-ordered): 400."""
+
+    def __init__(self, cursor: str) -> None:
+        super().__init__(
+            400,
+            "unknown_cursor",
+            f"after={cursor}: no such item, and the id carries no registration time to place it by "
+            "(ids from before time-ordered ids were used); continue from another item's id or page by offset",
+        )
+
+
 class BackendUnavailableError(ServiceError):
     """The vector database cannot be reached: 503, retried by the client, never a hang."""
 
@@ -149,8 +161,15 @@ class Gallery(Protocol):
         """The crop file registered for the item as uploaded, or None (unknown id or no crop kept)."""
         ...
 
-    def list_items(self, collection: str | None, offset: int, limit: int) -> tuple[int, list[GalleryItem]]:
-        """(total, one page in registration order), optionally within one collection (which must exist)."""
+    def list_items(
+        self, collection: str | None, offset: int, limit: int, after: str | None = None
+    ) -> tuple[int, list[GalleryItem]]:
+        """(total, one page in registration order), optionally within one collection (which must exist).
+
+        With ``after`` (an item id: the last one of the previous page) the page starts right after that item
+        instead of at ``offset``, even when that item has been deleted since: items that live throughout a
+        listing are neither skipped nor repeated, whatever is deleted meanwhile.
+        """
         ...
 
     def delete(self, item_id: str) -> GalleryItem | None:

@@ -35,7 +35,7 @@ SWAGGER_UI_PARAMETERS = {"validatorUrl": None, "tryItOutEnabled": False, "displa
 DOCS_CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
-    "frame-ancestors 'self'"
+    "frame-ancestors 'none'"
 )
 
 
@@ -76,7 +76,7 @@ def install_docs(app: FastAPI) -> None:
 
     @app.get(oauth2_redirect_url, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
+        return _local_only(get_swagger_ui_oauth2_redirect_html())
 
     @app.get(REDOC_URL, include_in_schema=False)
     async def redoc() -> HTMLResponse:

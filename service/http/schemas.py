@@ -63,8 +63,19 @@ class GalleryItemDetail(GalleryItem):
 
 class GalleryPage(BaseModel):
     total: int = Field(description="Items matching the filter, over all pages.", examples=[230])
-    offset: int = Field(description="Offset of the first item on this page.", examples=[0])
+    offset: int = Field(description="Offset of the first item on this page (0 when paging with after).", examples=[0])
     limit: int = Field(description="Page size asked for.", examples=[50])
+    after: UUID | None = Field(
+        default=None, description="The cursor this page continues after, as given.", examples=[_ID_EXAMPLE]
+    )
+    next: UUID | None = Field(
+        default=None,
+        description=(
+            "Cursor for the next page (pass it as after=): the id of this page's last item; null when this page "
+            "is not full, i.e. the listing is complete. Stable while items are deleted, the cursor item included."
+        ),
+        examples=[_ID_EXAMPLE],
+    )
     items: list[GalleryItemDetail] = Field(description="This page, oldest first.")
 
 

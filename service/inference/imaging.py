@@ -20,6 +20,7 @@ from service.core.errors import ImageError
 logger = logging.getLogger(__name__)
 
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
+MEDIA_TYPES: dict[str, str] = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,19 @@ def decode_crop(
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(400, "invalid_image", index, filename, f"cannot read the image header: {exc}") from exc
 
+    height_out, width_out = input_size
     with image:
         width, height = image.size
         _check_dimensions(width, height, index, filename, limits)
         try:
+            _draft(image, input_size)
             image.load()
-            # Transposing after load so a broken EXIF block surfaces as a decode error, not a 500.
-            oriented = ImageOps.exif_transpose(image) or image
-            rgb = oriented.convert("RGB")
+            # Transposing after load so a broken EXIF block surfaces as a decode error, not a 500. In place: no copy
+            # of an image that needs no transposing (most crops).
+            ImageOps.exif_transpose(image, in_place=True)
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            # PIL bilinear (with its antialiasing support) is what the training eval transform uses.
+            resized = rgb.resize((width_out, height_out), Image.Resampling.BILINEAR)
         except Image.DecompressionBombError as exc:
             raise ImageError(413, "image_too_large", index, filename, f"decompression bomb refused: {exc}") from exc
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -90,9 +96,6 @@ def decode_crop(
             ) from exc
         image_format = str(image.format)
 
-    height_out, width_out = input_size
-    # PIL bilinear (with its antialiasing support) is what the training eval transform uses.
-    resized = rgb.resize((width_out, height_out), Image.Resampling.BILINEAR)
     pixels = np.ascontiguousarray(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1))
     return DecodedCrop(
         pixels=pixels,
@@ -100,6 +103,39 @@ def decode_crop(
         original_size=(width, height),
         image_format=image_format,
     )
+
+
+def stored_media_type(data: bytes) -> str | None:
+    """The image/* type of bytes accepted by decode_crop, from Pillow's reading of their header (no pixels are
+    decoded); None when they are none of ALLOWED_FORMATS. Bytes past the image (a polyglot's tail) do not count."""
+    try:
+        with Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS)) as image:
+            return MEDIA_TYPES.get(str(image.format))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+# JPEG orientations (EXIF 0x0112) that swap width and height once applied.
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+DRAFT_MIN_SCALE = 2
+
+
+def _draft(image: Image.Image, input_size: tuple[int, int]) -> None:
+    """Let the JPEG decoder scale a large crop down in the DCT (1/2, 1/4, 1/8) while decoding.
+
+    Only for crops at least DRAFT_MIN_SCALE times the model input on both sides, and never below the input: the
+    decoder then skips most of the pixels, and the bilinear resize that follows still only shrinks (with its
+    antialiasing). Crops near the input size (the usual player crop) decode in full as before.
+    """
+    if image.format != "JPEG":
+        return
+    height_out, width_out = input_size
+    orientation = image.getexif().get(0x0112, 1)
+    # draft() works on the stored orientation: ask for the transposed size when EXIF rotates the crop.
+    want = (height_out, width_out) if orientation in _SWAPPING_ORIENTATIONS else (width_out, height_out)
+    width, height = image.size
+    if width >= DRAFT_MIN_SCALE * want[0] and height >= DRAFT_MIN_SCALE * want[1]:
+        image.draft(None, want)
 
 
 def _check_dimensions(width: int, height: int, index: int, filename: str | None, limits: ImageLimits) -> None:

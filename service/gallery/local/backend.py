@@ -198,12 +198,18 @@ class LocalGallery:
             logger.warning("snapshot of collection %r not used (%s): rebuilding it from the store", info.name, exc)
             return False
         self.index.install(info.name, cpu_index, header.kind, tombstones)
-        for ids, vectors in self.store.iter_embeddings(info.name, chunk=16384, after=header.watermark_id):
-            self.index.add(info.name, ids, vectors)
-            report.replayed_adds += len(ids)
-        deleted = self.store.deletions_since(info.name, header.deletion_seq)
-        if deleted:
-            report.replayed_deletes += self.index.remove(info.name, np.array(deleted, dtype=np.int64))
+        try:
+            for ids, vectors in self.store.iter_embeddings(info.name, chunk=16384, after=header.watermark_id):
+                self.index.add(info.name, ids, vectors)
+                report.replayed_adds += len(ids)
+            deleted = self.store.deletions_since(info.name, header.deletion_seq)
+            if deleted:
+                report.replayed_deletes += self.index.remove(info.name, np.array(deleted, dtype=np.int64))
+        except ValueError as exc:
+            # A watermark that does not describe the file (the header checksum makes this unlikely): rebuild.
+            logger.warning("snapshot of collection %r cannot be replayed onto (%s): rebuilding", info.name, exc)
+            self.index.drop(info.name)
+            return False
         if not np.array_equal(self.index.live_ids(info.name), self.store.faiss_ids(info.name)):
             logger.warning("snapshot of collection %r disagrees with the store after replay: rebuilding", info.name)
             self.index.drop(info.name)
@@ -369,10 +375,12 @@ class LocalGallery:
     def get_image(self, item_id: str) -> bytes | None:
         return self.store.get_crop(item_id)
 
-    def list_items(self, collection: str | None, offset: int, limit: int) -> tuple[int, list[GalleryItem]]:
+    def list_items(
+        self, collection: str | None, offset: int, limit: int, after: str | None = None
+    ) -> tuple[int, list[GalleryItem]]:
         if collection is not None and not self.store.collection_exists(collection):
             raise CollectionNotFoundError(collection)
-        total, rows = self.store.list_items(collection, offset, limit)
+        total, rows = self.store.list_items(collection, offset, limit, after)
         return total, [_item(r) for r in rows]
 
     def collections(self) -> list[CollectionInfo]:
@@ -398,6 +406,7 @@ class LocalGallery:
             self.save_snapshots()
         except Exception:
             logger.exception("could not save index snapshots at close; the next start rebuilds from the store")
+        self.index.release_all()
         self.store.close()
         if self._lock_file is not None:
             self._lock_file.release()

@@ -2,8 +2,12 @@
 
 Embeddings are L2-normalised, so inner product = cosine similarity. A collection starts as an exact
 IndexIDMap2(IndexFlatIP) (on the GPU when one is configured); past ``hnsw_min_size`` vectors it is rebuilt as
-IndexHNSWFlat (inner product). HNSW graphs and GPU flat indexes cannot drop vectors: deletes become tombstones
-hidden at search time, and once they pile up the collection is compacted by a rebuild.
+IndexHNSWFlat (inner product). HNSW graphs and GPU flat indexes cannot drop vectors: deletes become tombstones,
+and once they pile up the collection is compacted by a rebuild. On the CPU the tombstones are filtered inside the
+FAISS search (an ID selector over a bitmap of deleted ids, passed in the search parameters), so a search costs the
+same with 0 or 30% of the collection deleted. GPU flat search takes no selector and returns at most 2048
+neighbours: it fetches k + tombstones up to that cap, and a query left short by the cap is answered by an exact
+scan of the index's vectors, so the answer is right whatever the number of deletes.
 
 Rebuilds never run on the request path. A build reads the collection from a ``VectorSource`` (the SQLite store
 in the service: a consistent read up to a watermark) in one builder thread while the old index keeps answering;
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -121,6 +126,67 @@ class BuildAborted(RuntimeError):
     """The registry closed (or the collection went) while a build ran."""
 
 
+# The most neighbours one GPU FAISS search returns (faiss' GPU k-selection limit).
+GPU_MAX_FETCH = 2048
+
+
+class TombstoneFilter:
+    """Ids deleted from an index that cannot drop vectors, as a bitmap FAISS reads during the search.
+
+    ``selector`` accepts every id whose bit is not set (IDSelectorNot over IDSelectorBitmap); it points into
+    ``bits`` (ceil((max id + 1) / 8),) uint8, which grows by doubling and is replaced, never freed, while a selector
+    made over it may be in use: callers hold the collection lock for both.
+    """
+
+    def __init__(self, ids: Iterable[int] = ()) -> None:
+        self._ids: set[int] = set()
+        self.bits = np.zeros(0, dtype=np.uint8)
+        self._selector: Any = None
+        self._inner: Any = None
+        for i in ids:
+            self.add(int(i))
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._ids
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._ids)
+
+    def ids(self) -> set[int]:
+        return set(self._ids)
+
+    def add(self, item_id: int) -> None:
+        byte = item_id >> 3
+        if byte >= len(self.bits):
+            grown = np.zeros(max(2 * len(self.bits), byte + 1, 1024), dtype=np.uint8)
+            grown[: len(self.bits)] = self.bits
+            self.bits = grown
+            self._selector = None  # the old one points into the old array
+        self.bits[byte] |= np.uint8(1 << (item_id & 7))
+        self._ids.add(item_id)
+
+    def bits_clear(self, ids: np.ndarray) -> np.ndarray:
+        """(n,) bool: True where the id in ``ids`` (n,) int64 is not deleted."""
+        clear = np.ones(len(ids), dtype=bool)
+        if self._ids:
+            byte = ids >> 3
+            inside = byte < len(self.bits)
+            clear[inside] = (self.bits[byte[inside]] >> (ids[inside] & 7).astype(np.uint8)) & 1 == 0
+        return clear
+
+    def selector(self) -> Any:
+        """An IDSelector accepting the live ids (None when nothing is deleted)."""
+        if not self._ids:
+            return None
+        if self._selector is None:
+            self._inner = faiss.IDSelectorBitmap(len(self.bits), faiss.swig_ptr(self.bits))
+            self._selector = faiss.IDSelectorNot(self._inner)
+        return self._selector
+
+
 def _flat_cpu(dim: int) -> Any:
     # Any: the faiss stubs miss the SWIG wrappers' numpy conveniences (remove_ids(array), downcasts).
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
@@ -151,7 +217,8 @@ class _CollectionIndex:
         self.gpu = gpu
         self.kind = "flat"
         self.on_gpu = False
-        self.main: Any = None
+        self.main: Any = _flat_cpu(dim)
+        self.tombstones = TombstoneFilter()
         self._install(_flat_cpu(dim), "flat", set())
         self.delta: Any | None = None
         self.count = 0
@@ -164,13 +231,32 @@ class _CollectionIndex:
     # ---------------------------------------------------------------- helpers
 
     def _install(self, cpu_index: Any, kind: str, tombstones: set[int]) -> None:
-        """Make ``cpu_index`` the serving index (copied to the GPU for a flat index when one is owned)."""
+        """Make ``cpu_index`` the serving index (copied to the GPU for a flat index when one is owned).
+
+        The index it replaces is freed here; a GPU one under the owner's lock (see ``release``).
+        """
         if kind == "flat" and self.gpu is not None:
-            self.main, self.on_gpu = self.gpu.to_gpu(cpu_index), True
+            new, on_gpu = self.gpu.to_gpu(cpu_index), True
         else:
-            self.main, self.on_gpu = cpu_index, False
+            new, on_gpu = cpu_index, False
+        self.release()
+        self.main, self.on_gpu = new, on_gpu
         self.kind = kind
-        self.tombstones = tombstones
+        self.tombstones = TombstoneFilter(tombstones)
+
+    def release(self) -> None:
+        """Replace the serving index by an empty CPU one; a GPU index is freed under the owner's lock (FAISS frees
+        its GPU memory through the resources object every other call uses, so that must not overlap a search)."""
+        empty = _flat_cpu(self.dim)
+        if self.on_gpu and self.gpu is not None:
+            with self.gpu.use():
+                # self.main is the only reference: the GPU index is destroyed inside this block.
+                self.main = empty
+        else:
+            self.main = empty
+        self.on_gpu = False
+        self.kind = "flat"
+        self.tombstones = TombstoneFilter()
 
     def _device(self) -> AbstractContextManager[Any]:
         """The GPU owner's lock when the serving index lives on the GPU (every call on it goes through it)."""
@@ -232,6 +318,12 @@ class _CollectionIndex:
             self.max_id = max(self.max_id, int(ids.max()))
 
     def remove(self, ids: np.ndarray) -> int:
+        if self.kind == "flat" and not self.on_gpu and self.delta is None and not self.building:
+            # One pass over the flat index for the whole batch (one call per id would move the vectors each time).
+            removed = int(self.main.remove_ids(np.unique(ids)))
+            self.count -= removed
+            self.changes += removed
+            return removed
         removed = 0
         for i in ids.tolist():
             one = np.array([i], dtype=np.int64)
@@ -254,26 +346,13 @@ class _CollectionIndex:
         return removed
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """(Q, D) queries -> per query up to k (id, score), best first, deleted ids never among them."""
         nq = queries.shape[0]
         if self.count == 0:
             return [[] for _ in range(nq)]
         rows: list[list[Hit]] = [[] for _ in range(nq)]
         if self.main.ntotal:
-            fetch = min(k + len(self.tombstones), self.main.ntotal)
-            if self.on_gpu:
-                # GPU flat search returns at most 2048 neighbours; compaction keeps tombstones far below that.
-                fetch = min(fetch, 2048)
-            if self.kind == "hnsw":
-                hnsw: Any = faiss.downcast_index(self.main.index)
-                hnsw.hnsw.efSearch = max(self.config.hnsw_ef_search, fetch)
-            with self._device():
-                scores, ids = self.main.search(queries, fetch)
-            for row, (row_ids, row_scores) in enumerate(zip(ids, scores, strict=True)):
-                rows[row] = [
-                    (int(i), float(s))
-                    for i, s in zip(row_ids, row_scores, strict=True)
-                    if i >= 0 and int(i) not in self.tombstones
-                ]
+            rows = self._search_gpu(queries, k) if self.on_gpu else self._search_cpu(queries, k)
         if self.delta is not None and self.delta.ntotal:
             scores, ids = self.delta.search(queries, min(k, self.delta.ntotal))
             for row, (row_ids, row_scores) in enumerate(zip(ids, scores, strict=True)):
@@ -282,12 +361,95 @@ class _CollectionIndex:
                 rows[row] = merged
         return [row[:k] for row in rows]
 
+    def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[list[Hit]]:
+        return [
+            [
+                (int(i), float(s))
+                for i, s in zip(row_ids, row_scores, strict=True)
+                if i >= 0 and int(i) not in self.tombstones
+            ]
+            for row_ids, row_scores in zip(ids, scores, strict=True)
+        ]
+
+    def _search_cpu(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """FAISS skips the tombstones itself (the selector): k neighbours are fetched, not k + tombstones, and the
+        HNSW beam grows with the deleted share (hnsw_ef), not with the number of deleted items."""
+        fetch = min(k, int(self.main.ntotal))
+        selector = self.tombstones.selector()
+        params: Any = None
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from the faiss stubs
+            params.efSearch = max(self.hnsw_ef(), fetch)
+        elif selector is not None:
+            params = faiss.SearchParameters()
+        if params is not None and selector is not None:
+            params.sel = selector
+        scores, ids = self.main.search(queries, fetch, params=params)
+        return self._hits(ids, scores)
+
+    def hnsw_ef(self) -> int:
+        """The HNSW beam width: the configured one, widened by 1 / (live share) while tombstones wait for
+        compaction (at most 2x), so the beam holds as many live vectors as without deletes and recall stays."""
+        total = int(self.main.ntotal)
+        live_share = max(0.5, (total - len(self.tombstones)) / total) if total else 1.0
+        return math.ceil(self.config.hnsw_ef_search / live_share)
+
+    def _search_gpu(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """GPU flat: no selector there, and at most GPU_MAX_FETCH neighbours per search. Fetch k + tombstones up
+        to that cap and drop the tombstones; a query the cap left short of k live hits gets an exact scan."""
+        total = int(self.main.ntotal)
+        fetch = min(k + len(self.tombstones), total, GPU_MAX_FETCH)
+        with self._device():
+            scores, ids = self.main.search(queries, fetch)
+        rows = self._hits(ids, scores)
+        live_in_main = total - len(self.tombstones)
+        short = [r for r, row in enumerate(rows) if len(row) < min(k, live_in_main)]
+        if short and fetch < total:
+            logger.info(
+                "%d tombstones exceed what one GPU search returns: exact scan for %d queries",
+                len(self.tombstones),
+                len(short),
+            )
+            for r, row in zip(short, self._scan_gpu(queries[short], k), strict=True):
+                rows[r] = row
+        return rows
+
+    def _scan_gpu(self, queries: np.ndarray, k: int, chunk: int = 65536) -> list[list[Hit]]:
+        """Exact top-k of (Q, D) queries over the GPU index's live vectors, read back in chunks (under the lock)."""
+        best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+        best_ids = np.zeros((len(queries), 0), dtype=np.int64)
+        with self._device():
+            all_ids = faiss.vector_to_array(self.main.id_map).astype(np.int64)
+            inner = self.main.index
+            for start in range(0, len(all_ids), chunk):
+                stop = min(start + chunk, len(all_ids))
+                ids = all_ids[start:stop]
+                vectors = inner.reconstruct_n(start, stop - start)
+                keep = self.tombstones.bits_clear(ids)
+                scores = queries @ vectors[keep].T
+                best_scores = np.concatenate([best_scores, scores], axis=1)
+                best_ids = np.concatenate([best_ids, np.broadcast_to(ids[keep], scores.shape)], axis=1)
+                if best_scores.shape[1] > k:
+                    top = np.argpartition(-best_scores, k - 1, axis=1)[:, :k]
+                    best_scores = np.take_along_axis(best_scores, top, axis=1)
+                    best_ids = np.take_along_axis(best_ids, top, axis=1)
+        order = np.argsort(-best_scores, axis=1, kind="stable")
+        best_scores = np.take_along_axis(best_scores, order, axis=1)
+        best_ids = np.take_along_axis(best_ids, order, axis=1)
+        return [
+            [(int(i), float(s)) for i, s in zip(ri, rs, strict=True)]
+            for ri, rs in zip(best_ids, best_scores, strict=True)
+        ]
+
     # ---------------------------------------------------------------- builds
 
     def begin_build(self, copy_vectors: bool) -> tuple[int, SourceView | None]:
         """Start collecting adds in the delta; returns (its generation, a copy of the live vectors when asked)."""
         self.building = True
-        self.delta = _flat_cpu(self.dim)
+        if self.delta is None:
+            self.delta = _flat_cpu(self.dim)
+        # else: a failed build could not hand its delta back; this build takes it over (its ids are in the store,
+        # and delta_to_merge / merge_into skip those the new index already holds).
         self.build_deletes = []
         view = None
         if copy_vectors:
@@ -354,6 +516,14 @@ class _CollectionIndex:
             with self._device():
                 self.main.add_with_ids(vectors, ids)
         self._end_build()
+
+    def give_up_build(self, build_generation: int) -> None:
+        """Even the abort failed: stop building anyway and keep the delta searched beside the old index until the
+        next build takes it over, so nothing registered disappears and later builds can still start."""
+        if build_generation != self.generation:
+            return
+        self.building = False
+        self.build_deletes = []
 
     def _end_build(self) -> None:
         self.delta = None
@@ -477,6 +647,8 @@ class FaissIndexRegistry:
         if index is not None:
             with index.lock:
                 index.generation += 1  # a build still running for it is thrown away
+                index.release()
+                index.count = 0
 
     def collections(self) -> list[str]:
         with self._lock:
@@ -521,7 +693,8 @@ class FaissIndexRegistry:
         if index is None:
             return False
         with index.lock:
-            if index.building or (only_if_changed and index.changes == 0):
+            # A delta left by a failed build is not in the serving index: the next build snapshots it all.
+            if index.building or index.delta is not None or (only_if_changed and index.changes == 0):
                 return False
             cpu = index.gpu.to_cpu(index.main) if index.on_gpu and index.gpu is not None else index.main
             write(cpu, index.kind, set(index.tombstones), index.max_id)
@@ -603,7 +776,14 @@ class FaissIndexRegistry:
             else:
                 logger.exception("background build of %r failed; the previous index keeps serving", collection)
             with index.lock:
-                index.abort_build(build_generation)
+                try:
+                    index.abort_build(build_generation)
+                except Exception:
+                    logger.exception(
+                        "could not hand the build's delta of %r back; keeping it beside the index", collection
+                    )
+                finally:
+                    index.give_up_build(build_generation)
             if not isinstance(exc, Exception | BuildAborted):
                 raise
 
@@ -630,6 +810,16 @@ class FaissIndexRegistry:
         """Block until every build started so far has finished (tests, benchmarks, shutdown)."""
         for future in list(self._builds.values()):
             future.result(timeout=timeout_s)
+
+    def release_all(self) -> None:
+        """Free every serving index (GPU ones under the owner's lock); the registry is empty afterwards."""
+        with self._lock:
+            indexes, self._collections = list(self._collections.values()), {}
+        for index in indexes:
+            with index.lock:
+                index.generation += 1
+                index.release()
+                index.count = 0
 
     def close(self) -> None:
         """Stop the builder: a running build gives up at its next chunk; the serving indexes stay usable."""

@@ -1,14 +1,15 @@
 """Index snapshots on disk: a built FAISS index plus the watermark of the store state it contains.
 
 One file per collection under ``<REID_DATA_DIR>/indexes/``. Layout: magic, the FAISS index as faiss writes it,
-the tombstoned ids (int64), a JSON header, the header's length (uint64) and the magic again. The header names
-the collection (and its creation time, so a dropped and re-created collection never inherits a stale file),
-the model fingerprint, dimension, index kind and build settings, the watermark (largest faiss id contained and
-the deletion sequence number) and a CRC-32 of everything before it. A file that fails any of these checks is
-rejected with the reason, and the caller rebuilds: a snapshot is never trusted blindly.
+the tombstoned ids (int64), a JSON header, the header's length (uint64), a CRC-32 of the header (uint32) and the
+magic again. The header names the collection (and its creation time, so a dropped and re-created collection never
+inherits a stale file), the model fingerprint, dimension, index kind and build settings, the watermark (largest
+faiss id contained and the deletion sequence number) and a CRC-32 of the payload before it; the header's own CRC
+covers the header, so every byte of the file is checked, the watermark included. A file that fails any of these
+checks is rejected with the reason, and the caller rebuilds: a snapshot is never trusted blindly.
 
 Writes go to ``<name>.tmp``, are fsynced, then renamed over the previous snapshot (and the folder fsynced), so a
-crash in the middle leaves the previous snapshot intact.
+crash in the middle leaves the previous snapshot intact; a write that fails (a full disk) removes its .tmp.
 
     path = write_snapshot(folder, header, index, tombstones)
     index, header, tombstones = read_snapshot(path, expected)
@@ -34,7 +35,9 @@ from service.core.faults import pause_point
 logger = logging.getLogger(__name__)
 
 MAGIC = b"REIDIDX\x01"
-FORMAT_VERSION = 1
+# 2: the header has its own CRC-32 in the trailer (1 had none; such files are rejected and rebuilt once).
+FORMAT_VERSION = 2
+_TRAILER = struct.Struct("<QI")  # header length, header CRC-32
 SUFFIX = ".index"
 
 
@@ -92,6 +95,18 @@ def write_snapshot(folder: Path, header: SnapshotHeader, index: Any, tombstones:
     folder.mkdir(parents=True, exist_ok=True)
     final = snapshot_path(folder, header.collection)
     tmp = final.with_name(final.name + ".tmp")
+    try:
+        _write_file(tmp, header, index, tombstones)
+        os.replace(tmp, final)
+    except BaseException:
+        # A full disk (or anything else) midway: leave no partial file behind, the previous snapshot stays.
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder)
+    return final
+
+
+def _write_file(tmp: Path, header: SnapshotHeader, index: Any, tombstones: set[int]) -> None:
     with open(tmp, "wb") as fh:
         fh.write(MAGIC)
         writer = _CrcWriter(fh)
@@ -109,12 +124,9 @@ def write_snapshot(folder: Path, header: SnapshotHeader, index: Any, tombstones:
             }
         )
         encoded = json.dumps(asdict(done), sort_keys=True).encode()
-        fh.write(encoded + struct.pack("<Q", len(encoded)) + MAGIC)
+        fh.write(encoded + _TRAILER.pack(len(encoded), zlib.crc32(encoded)) + MAGIC)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(folder)
-    return final
 
 
 def read_header(path: Path) -> SnapshotHeader:
@@ -124,16 +136,18 @@ def read_header(path: Path) -> SnapshotHeader:
         with open(path, "rb") as fh:
             if fh.read(len(MAGIC)) != MAGIC:
                 raise SnapshotRejected("not a snapshot file (bad magic)")
-            tail = len(MAGIC) + 8
-            if size < 2 * len(MAGIC) + 8:
+            tail = len(MAGIC) + _TRAILER.size
+            if size < 2 * len(MAGIC) + _TRAILER.size:
                 raise SnapshotRejected("truncated file")
             fh.seek(size - tail)
-            (length,) = struct.unpack("<Q", fh.read(8))
+            length, crc = _TRAILER.unpack(fh.read(_TRAILER.size))
             if fh.read(len(MAGIC)) != MAGIC or length > size - tail - len(MAGIC):
-                raise SnapshotRejected("truncated file (no trailer)")
+                raise SnapshotRejected("truncated file (no trailer), or written by an older version")
             fh.seek(size - tail - length)
-            fields = json.loads(fh.read(length))
-        return SnapshotHeader(**fields)
+            encoded = fh.read(length)
+        if zlib.crc32(encoded) != crc:
+            raise SnapshotRejected("header checksum mismatch (corrupt header), or written by an older version")
+        return SnapshotHeader(**json.loads(encoded))
     except (OSError, ValueError, TypeError, struct.error) as exc:
         raise SnapshotRejected(f"unreadable header: {exc}") from exc
 

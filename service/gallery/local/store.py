@@ -16,7 +16,6 @@ import logging
 import os
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from service.gallery.base import CollectionInfo, NewItem
+from service.core.errors import InsufficientStorageError
+from service.gallery.base import CollectionInfo, NewItem, UnknownCursorError
+from service.gallery.ids import OrderedIds, is_ordered_id
 from service.gallery.local.index import SourceView
 
 __all__ = ["CollectionInfo", "FingerprintMismatchError", "GalleryRow", "GalleryStore", "NewItem", "StoreError"]
@@ -140,6 +141,11 @@ class GalleryRow:
     sha256: str = ""
 
 
+def _disk_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL: a write needed space the disk (or file-size limit) did not give."""
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -158,13 +164,14 @@ def _row(values: Sequence[Any]) -> GalleryRow:
 
 
 def _embedding_page(
-    conn: sqlite3.Connection, collection: str, after: int, chunk: int
+    conn: sqlite3.Connection, collection: str, after: int, chunk: int, upto: int = 2**63 - 1
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """The next ``chunk`` rows of ``collection`` with faiss id > ``after``: (ids (n,) int64, embeddings (n, D)
-    float32), or None past the last row."""
+    """The next ``chunk`` rows of ``collection`` with ``after`` < faiss id <= ``upto``: (ids (n,) int64,
+    embeddings (n, D) float32), or None past the last row."""
     rows = conn.execute(
-        "SELECT faiss_id, embedding FROM items WHERE collection = ? AND faiss_id > ? ORDER BY faiss_id LIMIT ?",
-        (collection, after, chunk),
+        "SELECT faiss_id, embedding FROM items WHERE collection = ? AND faiss_id > ? AND faiss_id <= ? "
+        "ORDER BY faiss_id LIMIT ?",
+        (collection, after, upto, chunk),
     ).fetchall()
     if not rows:
         return None
@@ -197,10 +204,39 @@ class GalleryStore:
         self._conn.executescript(_SCHEMA)
         if check_meta:
             self._check_meta(model_fingerprint)
+        # Item ids are UUIDv7 in faiss id order (galleries from before keep their UUIDv4 ids, all older).
+        self._new_id = OrderedIds()
+        newest = self._conn.execute("SELECT id FROM items ORDER BY faiss_id DESC LIMIT 1").fetchone()
+        self._new_id.resume_after(None if newest is None else str(newest[0]))
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT); the caller holds ``self._lock``.
+
+        Anything raised rolls it back (unless SQLite already did: it does so itself on some errors, a full disk
+        among them). A full disk becomes InsufficientStorageError naming ``what`` could not be done.
+        """
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            if _disk_full(exc):
+                logger.error("disk full while %s: %s (%s)", what, exc, self.path.parent)
+                raise InsufficientStorageError(
+                    f"the disk holding the gallery is full (SQLite: {exc}) while {what}; nothing was changed and "
+                    "everything registered before is kept: free disk space, then retry"
+                ) from exc
+            raise
 
     def _check_meta(self, model_fingerprint: str) -> None:
         with self._lock:
@@ -218,13 +254,8 @@ class GalleryStore:
             updates = {"schema_version": str(SCHEMA_VERSION), "embedding_dim": str(self.embedding_dim)}
             if model_fingerprint:
                 updates["model_fingerprint"] = model_fingerprint
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._write("recording the model in the gallery"):
                 self._conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", updates.items())
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
 
     def _embedding_blob(self, embedding: np.ndarray) -> bytes:
         vec = np.ascontiguousarray(embedding, dtype="<f4").reshape(-1)
@@ -238,39 +269,32 @@ class GalleryStore:
         metadata = [json.dumps(item.metadata, separators=(",", ":"), sort_keys=True) for item in items]
         created = _now()
         rows: list[GalleryRow] = []
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute(
-                    "INSERT OR IGNORE INTO collections(name, created_at) VALUES (?, ?)", (collection, created)
+        what = f"registering {len(items)} item(s) in collection {collection!r}"
+        with self._lock, self._write(what):
+            self._conn.execute(
+                "INSERT OR IGNORE INTO collections(name, created_at) VALUES (?, ?)", (collection, created)
+            )
+            for item, blob, meta in zip(items, blobs, metadata, strict=True):
+                item_id = self._new_id()
+                cursor = self._conn.execute(
+                    "INSERT INTO items(id, collection, label, metadata, created_at, sha256, embedding) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (item_id, collection, item.label, meta, created, item.sha256, blob),
                 )
-                for item, blob, meta in zip(items, blobs, metadata, strict=True):
-                    item_id = str(uuid.uuid4())
-                    cursor = self._conn.execute(
-                        "INSERT INTO items(id, collection, label, metadata, created_at, sha256, embedding) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (item_id, collection, item.label, meta, created, item.sha256, blob),
+                assert cursor.lastrowid is not None
+                if self.store_crops and item.crop is not None:
+                    self._conn.execute("INSERT INTO crops(faiss_id, data) VALUES (?, ?)", (cursor.lastrowid, item.crop))
+                rows.append(
+                    GalleryRow(
+                        item_id,
+                        int(cursor.lastrowid),
+                        collection,
+                        item.label,
+                        item.metadata,
+                        created,
+                        item.sha256,
                     )
-                    assert cursor.lastrowid is not None
-                    if self.store_crops and item.crop is not None:
-                        self._conn.execute(
-                            "INSERT INTO crops(faiss_id, data) VALUES (?, ?)", (cursor.lastrowid, item.crop)
-                        )
-                    rows.append(
-                        GalleryRow(
-                            item_id,
-                            int(cursor.lastrowid),
-                            collection,
-                            item.label,
-                            item.metadata,
-                            created,
-                            item.sha256,
-                        )
-                    )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+                )
         return rows
 
     def get(self, item_id: str) -> GalleryRow | None:
@@ -313,50 +337,64 @@ class GalleryStore:
                     found[row.faiss_id] = row
         return found
 
-    def list_items(self, collection: str | None, offset: int, limit: int) -> tuple[int, list[GalleryRow]]:
-        """(total, one page of rows in insertion order), optionally within one collection."""
+    def list_items(
+        self, collection: str | None, offset: int, limit: int, after: str | None = None
+    ) -> tuple[int, list[GalleryRow]]:
+        """(total, one page of rows in insertion order), optionally within one collection.
+
+        The page starts at ``offset``, or with ``after`` (an item id) right after that item's place, which is
+        found even for a deleted item when its id is time-ordered (UnknownCursorError otherwise).
+        """
         where, params = ("WHERE collection = ?", [collection]) if collection is not None else ("", [])
         with self._lock:
             total = self._conn.execute(f"SELECT COUNT(*) FROM items {where}", params).fetchone()[0]
-            page = self._conn.execute(
-                f"SELECT {_ROW_COLUMNS} FROM items {where} ORDER BY faiss_id LIMIT ? OFFSET ?",
-                [*params, limit, offset],
-            ).fetchall()
+            if after is None:
+                page = self._conn.execute(
+                    f"SELECT {_ROW_COLUMNS} FROM items {where} ORDER BY faiss_id LIMIT ? OFFSET ?",
+                    [*params, limit, offset],
+                ).fetchall()
+            else:
+                start = self._cursor_position(after)
+                page = self._conn.execute(
+                    f"SELECT {_ROW_COLUMNS} FROM items {where} {'AND' if where else 'WHERE'} faiss_id > ? "
+                    "ORDER BY faiss_id LIMIT ?",
+                    [*params, start, limit],
+                ).fetchall()
         return int(total), [_row(v) for v in page]
+
+    def _cursor_position(self, after: str) -> int:
+        """The faiss id a listing continues after (caller holds the lock): the item's own, or for a deleted
+        time-ordered id, just below the first time-ordered item registered after it (ids and faiss ids grow
+        together)."""
+        found = self._conn.execute("SELECT faiss_id FROM items WHERE id = ?", (after,)).fetchone()
+        if found is not None:
+            return int(found[0])
+        if not is_ordered_id(after):
+            raise UnknownCursorError(after)
+        following = self._conn.execute(
+            "SELECT MIN(faiss_id) FROM items WHERE id > ? AND substr(id, 15, 1) = '7'", (after,)
+        ).fetchone()[0]
+        return 2**63 - 1 if following is None else int(following) - 1
 
     def delete_item(self, item_id: str) -> GalleryRow | None:
         """Delete one row (committed); returns it, or None when the id is unknown."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                found = self._conn.execute(f"SELECT {_ROW_COLUMNS} FROM items WHERE id = ?", (item_id,)).fetchone()
-                if found is not None:
-                    self._conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
-                    self._conn.execute(
-                        "INSERT INTO deletions(collection, faiss_id) VALUES (?, ?)", (found[2], found[0])
-                    )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, self._write(f"deleting item {item_id}"):
+            found = self._conn.execute(f"SELECT {_ROW_COLUMNS} FROM items WHERE id = ?", (item_id,)).fetchone()
+            if found is not None:
+                self._conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
+                self._conn.execute("INSERT INTO deletions(collection, faiss_id) VALUES (?, ?)", (found[2], found[0]))
         return None if found is None else _row(found)
 
     def delete_collection(self, name: str) -> list[int] | None:
         """Delete a collection and its rows (committed); returns their faiss ids, or None when unknown."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                exists = self._conn.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone()
-                ids: list[int] = []
-                if exists is not None:
-                    ids = [r[0] for r in self._conn.execute("SELECT faiss_id FROM items WHERE collection = ?", (name,))]
-                    self._conn.execute("DELETE FROM items WHERE collection = ?", (name,))
-                    self._conn.execute("DELETE FROM collections WHERE name = ?", (name,))
-                    self._conn.execute("DELETE FROM deletions WHERE collection = ?", (name,))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, self._write(f"deleting collection {name!r}"):
+            exists = self._conn.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone()
+            ids: list[int] = []
+            if exists is not None:
+                ids = [r[0] for r in self._conn.execute("SELECT faiss_id FROM items WHERE collection = ?", (name,))]
+                self._conn.execute("DELETE FROM items WHERE collection = ?", (name,))
+                self._conn.execute("DELETE FROM collections WHERE name = ?", (name,))
+                self._conn.execute("DELETE FROM deletions WHERE collection = ?", (name,))
         return None if exists is None else ids
 
     def collection_exists(self, name: str) -> bool:
@@ -427,21 +465,18 @@ class GalleryStore:
 
     def prune_deletions(self, collection: str, upto_seq: int) -> None:
         """Forget the deletes a snapshot of ``collection`` at ``upto_seq`` already contains."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute("DELETE FROM deletions WHERE collection = ? AND seq <= ?", (collection, upto_seq))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, self._write("pruning replayed deletions"):
+            self._conn.execute("DELETE FROM deletions WHERE collection = ? AND seq <= ?", (collection, upto_seq))
 
     @contextmanager
-    def read_collection(self, collection: str, chunk: int = 16384) -> Iterator[SourceView]:
-        """A consistent view of one collection for a background index build, on its own connection.
+    def read_collection(self, collection: str, chunk: int = 4096) -> Iterator[SourceView]:
+        """A view of one collection up to a watermark, for a background index build, on its own connection.
 
-        One read transaction (WAL snapshot isolation): the rows, the watermark (largest faiss id) and the
-        deletion sequence all describe the same moment, while writers carry on.
+        The watermark (largest faiss id) and the deletion sequence are read together in one short transaction at
+        the start; then each chunk of rows with faiss id <= watermark is its own short read. No read transaction
+        spans the build, so SQLite can checkpoint (and restart) the WAL meanwhile instead of letting it grow with
+        every write. Rows deleted after the start may be missing from the view: the deletes after its deletion
+        sequence are replayed on the built index anyway, and no row <= watermark can appear later (ids grow).
         """
         conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=30.0)
         try:
@@ -451,15 +486,16 @@ class GalleryStore:
             ).fetchone()
             found = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'deletions'").fetchone()
             seq = 0 if found is None else found[0]
+            conn.execute("COMMIT")
 
             def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
                 last = -1
-                while (page := _embedding_page(conn, collection, last, chunk)) is not None:
+                # Outside BEGIN, each SELECT (fetched whole) is a read transaction of its own.
+                while (page := _embedding_page(conn, collection, last, chunk, int(watermark))) is not None:
                     yield page
                     last = int(page[0][-1])
 
             yield SourceView(int(watermark), int(seq), int(size), chunks())
-            conn.execute("COMMIT")
         finally:
             conn.close()
 
@@ -472,18 +508,13 @@ class GalleryStore:
         """
         with self._lock:
             meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._write("preparing a re-index"):
                 if meta.get("reindex_target") != fingerprint or meta.get("reindex_dim") != str(dim):
                     self._conn.execute("DELETE FROM reindex")
                     self._conn.executemany(
                         "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
                         [("reindex_target", fingerprint), ("reindex_dim", str(dim))],
                     )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
             done = self._conn.execute(
                 "SELECT COUNT(*) FROM reindex r JOIN items i ON i.faiss_id = r.faiss_id"
             ).fetchone()[0]
@@ -511,17 +542,11 @@ class GalleryStore:
     def save_reindexed(self, faiss_ids: Sequence[int], embeddings: np.ndarray) -> None:
         """Commit the new model's (n, D') embeddings of these items (one transaction)."""
         blobs = [np.ascontiguousarray(e, dtype="<f4").tobytes() for e in embeddings]
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany(
-                    "INSERT OR REPLACE INTO reindex(faiss_id, embedding) VALUES (?, ?)",
-                    zip(faiss_ids, blobs, strict=True),
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, self._write("saving re-embedded items"):
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO reindex(faiss_id, embedding) VALUES (?, ?)",
+                zip(faiss_ids, blobs, strict=True),
+            )
 
     def finish_reindex(self, fingerprint: str, dim: int) -> bool:
         """Switch every item to its new embedding and the gallery to the new model, in one transaction.
@@ -549,7 +574,8 @@ class GalleryStore:
                 )
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
         self.embedding_dim = dim
         return True

@@ -575,20 +575,29 @@ class MilvusGallery:
         a blob store beside Milvus would be the place): GET /gallery/{id}/image answers 404 image_not_stored."""
         return None
 
-    def list_items(self, collection: str | None, offset: int, limit: int) -> tuple[int, list[GalleryItem]]:
+    def list_items(
+        self, collection: str | None, offset: int, limit: int, after: str | None = None
+    ) -> tuple[int, list[GalleryItem]]:
         """Registration order is id order (UUIDv7). Milvus returns query rows in no fixed order and caps
         offset + limit (16,384), so the ids are read with a query iterator (36 bytes each), sorted here, and
-        only the page's rows fetched."""
+        only the page's rows fetched. With ``after`` only the ids above it are scanned: a cursor needs no lookup
+        of its item, so a deleted one places the page just as well."""
         if collection is not None and not self.has_collection(collection):
             raise CollectionNotFoundError(collection)
         expr = self._gallery_expr(collection) if collection is not None else 'id != ""'
-        ids = sorted(self._call("an id scan", functools.partial(self._scan_ids, expr)))
-        page_ids = ids[offset : offset + limit]
+        if after is not None:
+            scan = functools.partial(self._scan_ids, f"({expr}) and id > {literal(after)}")
+            page_ids = sorted(self._call("an id scan", scan))[:limit]
+            total = self._count(expr)
+        else:
+            ids = sorted(self._call("an id scan", functools.partial(self._scan_ids, expr)))
+            page_ids = ids[offset : offset + limit]
+            total = len(ids)
         rows: dict[str, GalleryItem] = {}
         for part in _chunks(page_ids):
             for r in self._query(self.items_name, f"id in {literal_list(part)}", _ITEM_FIELDS):
                 rows[str(r["id"])] = _item(r)
-        return len(ids), [rows[i] for i in page_ids if i in rows]
+        return total, [rows[i] for i in page_ids if i in rows]
 
     def collections(self) -> list[CollectionInfo]:
         infos = [

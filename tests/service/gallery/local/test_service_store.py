@@ -82,3 +82,31 @@ def test_dimension_mismatch_refuses_to_open(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(StoreError, match="dimension"):
         GalleryStore(path, DIM * 2)
+
+
+def test_cursor_places_a_deleted_cursor_item_and_ids_keep_growing_across_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "g.sqlite3"
+    store = GalleryStore(path, DIM)
+    rows = store.insert_items("m", [item(f"p{i}", i) for i in range(6)])
+    newest = store.insert_items("other", [item("o", 100)])[0].id
+    store.close()
+    # The newest stored id lies an hour ahead of this clock (a clock set back across a restart).
+    ahead = f"{int(newest.replace('-', '')[:12], 16) + 3_600_000:012x}"
+    future = f"{ahead[:8]}-{ahead[8:]}{newest[13:]}"
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE items SET id = ? WHERE id = ?", (future, newest))
+    store = GalleryStore(path, DIM)
+    rows += store.insert_items("m", [item(f"p{i}", i) for i in range(6, 12)])
+    ids = [r.id for r in rows]
+    assert ids == sorted(ids) and ids[6] > future, "ids made after the reopen went below a stored one"
+    _, page = store.list_items("m", 0, 3, after=None)
+    assert [r.id for r in page] == ids[:3]
+    store.delete_item(ids[2])  # the cursor item itself
+    _, page = store.list_items("m", 0, 3, after=ids[2])
+    assert [r.id for r in page] == ids[3:6]
+    store.delete_item(ids[5])  # the last one before the reopen (and before another collection's item)
+    _, page = store.list_items("m", 0, 3, after=ids[5])
+    assert [r.id for r in page] == ids[6:9]
+    total, page = store.list_items("m", 0, 4, after=ids[11])
+    assert page == [] and total == 10
+    store.close()

@@ -6,12 +6,15 @@ EXTRAS ?= cpu,dev
 # that torch and faiss-gpu share CUDA 12 (see Dockerfile).
 TORCH_INDEX ?=
 DEMO_CHECKPOINT := artifacts/demo.safetensors
-CHECKPOINT ?= $(DEMO_CHECKPOINT)
+# The default model: small, trained here on real people, committed with its model card (docs/models.md).
+DEFAULT_CHECKPOINT := checkpoints/default.safetensors
+CHECKPOINT ?= $(DEFAULT_CHECKPOINT)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # `make docs` serves the documentation site here (beside the service on PORT).
 DOCS_PORT ?= 8001
-# make serve MODEL=NAME serves a pretrained model of the zoo (list: .venv/bin/reid-fetch --list) instead of the demo.
+# make serve MODEL=NAME serves a pretrained model of the zoo (list: .venv/bin/reid-fetch --list) instead of the
+# default model; MODEL=demo builds and serves the synthetic-players demo.
 MODEL ?=
 PY := $(VENV)/bin/python
 comma := ,
@@ -19,23 +22,33 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 # With the dev extra, the reference scorers the tests compare against (tests/training/evaluation/test_reference_scorers.py):
 # torchreid's evaluation and re-ranking, and SoccerNet's scorer without its downloader's dependencies.
 ORACLES := $(if $(findstring dev,$(EXTRAS)),$(comma)oracles)
-# What `make serve` serves, and what it may build first: the demo checkpoint or a zoo download, never anything else.
-ifneq ($(strip $(MODEL)),)
-SERVE_CHECKPOINT := artifacts/zoo/$(MODEL).safetensors
-SERVE_BUILDS := $(SERVE_CHECKPOINT)
-SERVE_NOTE := Serving $(MODEL) from the pretrained zoo; its provenance and licences: GET /info.
-else ifeq ($(CHECKPOINT),$(DEMO_CHECKPOINT))
+# What `make serve` serves, and what it may build first: the committed default model (nothing to build), the demo
+# checkpoint or a zoo download, never anything else.
+ifeq ($(strip $(MODEL)),demo)
 SERVE_CHECKPOINT := $(DEMO_CHECKPOINT)
 SERVE_BUILDS := $(DEMO_CHECKPOINT)
 SERVE_NOTE := NOTE: serving the demo model, trained on SYNTHETIC players: it says nothing about real footage. \
-For a model of real people: make serve MODEL=osnet_x0_25_msmt17 (all: $(VENV)/bin/reid-fetch --list).
+Without MODEL=demo, make serve serves the default model, trained on real people.
+else ifneq ($(strip $(MODEL)),)
+SERVE_CHECKPOINT := artifacts/zoo/$(MODEL).safetensors
+SERVE_BUILDS := $(SERVE_CHECKPOINT)
+SERVE_NOTE := Serving $(MODEL) from the pretrained zoo; its provenance and licences: GET /info.
+else ifeq ($(CHECKPOINT),$(DEFAULT_CHECKPOINT))
+SERVE_CHECKPOINT := $(DEFAULT_CHECKPOINT)
+SERVE_BUILDS :=
+SERVE_NOTE := Serving the default model: trained here on real people (Market-1501 half, research use), not yet on \
+football. Model card: GET /info. Synthetic demo: make serve MODEL=demo.
+else ifeq ($(CHECKPOINT),$(DEMO_CHECKPOINT))
+SERVE_CHECKPOINT := $(DEMO_CHECKPOINT)
+SERVE_BUILDS := $(DEMO_CHECKPOINT)
+SERVE_NOTE := NOTE: serving the demo model, trained on SYNTHETIC players: it says nothing about real footage.
 else
 SERVE_CHECKPOINT := $(CHECKPOINT)
 SERVE_BUILDS :=
 SERVE_NOTE :=
 endif
 
-.PHONY: install serve test lint lint-ruff lint-mypy lint-docker demo-model check-checkpoint docs docs-build clean
+.PHONY: install serve test lint lint-ruff lint-mypy lint-docker demo-model default-model check-checkpoint docs docs-build clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=/path/to/python3.11"; exit 1; }
@@ -58,6 +71,19 @@ artifacts/zoo/%.safetensors: | install
 	$(VENV)/bin/reid-fetch $* --out $@
 
 demo-model: $(DEMO_CHECKPOINT)
+
+# Rebuild the committed default model from ../shared/data (offline, CPU; docs/models.md): split the Market-1501
+# half by identity, train with the default config, calibrate the no-match threshold on CUHK03 people 1000-1466.
+# One torch thread: on a shared 2-core machine two threads waiting on each other are several times slower.
+SHARED_DATA ?= ../shared/data
+DATASETS ?= datasets
+default-model: | install
+	$(PY) -m training.data.market_half $(SHARED_DATA)/market1501_half_train.tar $(DATASETS)/market_half
+	mkdir -p $(DATASETS)/cuhk03 && tar xf $(SHARED_DATA)/cuhk03_64x128.tar -C $(DATASETS)/cuhk03
+	OMP_NUM_THREADS=1 $(VENV)/bin/reid-train --config training/configs/default_model.yaml \
+		data.root=$(DATASETS)/market_half run.out_dir=runs/default_model
+	$(VENV)/bin/reid-calibrate runs/default_model/last.safetensors --data-format cuhk03 \
+		--data-root $(DATASETS)/cuhk03/dataset/images/full --threads 1 --out $(DEFAULT_CHECKPOINT)
 
 # First prerequisite, so a missing file is reported before anything is installed or built.
 check-checkpoint:

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -84,23 +84,25 @@ class ResNet50Backbone(nn.Module):
 
 
 class LayerWiseHeads(nn.Module):
-    """Layer-wise similarity heads: global average pool + FC (+ BN) on chosen ResNet stages.
+    """Layer-wise similarity heads: global average pool + FC (+ BN) on chosen backbone stages (``channels``).
 
     {name: (B, C_l, h_l, w_l)} -> {name: (B, dim)}; a triplet term is applied to each output during training.
     """
 
-    def __init__(self, layers: Iterable[str], dim: int = 256) -> None:
+    def __init__(
+        self, layers: Iterable[str], dim: int = 256, channels: Mapping[str, int] = RESNET50_LAYER_CHANNELS
+    ) -> None:
         super().__init__()
         layers = tuple(layers)
-        unknown = [name for name in layers if name not in RESNET50_LAYER_CHANNELS]
+        unknown = [name for name in layers if name not in channels]
         if unknown:
-            raise ValueError(f"unknown layer-wise layers {unknown}; valid: {sorted(RESNET50_LAYER_CHANNELS)}")
+            raise ValueError(f"unknown layer-wise layers {unknown}; valid: {sorted(channels)}")
         if len(set(layers)) != len(layers):
             raise ValueError(f"layer-wise layers repeat: {layers}")
         self.layers = layers
         self.heads = nn.ModuleDict(
             {
-                name: nn.Sequential(nn.Linear(RESNET50_LAYER_CHANNELS[name], dim), nn.BatchNorm1d(dim))
+                name: nn.Sequential(nn.Linear(channels[name], dim), nn.BatchNorm1d(dim))
                 for name in layers
             }
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -144,7 +145,7 @@ class OSNetBackbone(nn.Module):
     Attribute names are torchreid's, so its state dict keys are this module's keys.
     """
 
-    def __init__(self, channels: Sequence[int], feature_dim: int = FEATURE_DIM) -> None:
+    def __init__(self, channels: Sequence[int], feature_dim: int = FEATURE_DIM, head: bool = True) -> None:
         super().__init__()
         if len(channels) != 4:
             raise ValueError(f"OSNet needs 4 channel widths (stem, conv2, conv3, conv4), got {list(channels)}")
@@ -156,7 +157,10 @@ class OSNetBackbone(nn.Module):
         self.conv3 = _stage(c1, c2, STAGE_BLOCKS[1], reduce_spatial_size=True)
         self.conv4 = _stage(c2, c3, STAGE_BLOCKS[2], reduce_spatial_size=False)
         self.conv5 = ConvLayer(c3, c3)
-        self.fc = nn.Sequential(nn.Linear(c3, feature_dim), nn.BatchNorm1d(feature_dim), nn.ReLU(inplace=True))
+        # head=False: a trunk for another pooling (pose-bilinear), without the fc nobody would read or train.
+        self.fc: nn.Sequential | None = None
+        if head:
+            self.fc = nn.Sequential(nn.Linear(c3, feature_dim), nn.BatchNorm1d(feature_dim), nn.ReLU(inplace=True))
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -177,7 +181,18 @@ class OSNetBackbone(nn.Module):
         x = self.maxpool(self.conv1(x))
         return self.conv5(self.conv4(self.conv3(self.conv2(x))))
 
+    def stage_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, H, W) -> {"conv2": (B, C_1, H/8, W/8), "conv3": (B, C_2, H/16, W/16), "conv4", "conv5"}."""
+        maps: dict[str, torch.Tensor] = {}
+        x = self.maxpool(self.conv1(x))
+        for name in ("conv2", "conv3", "conv4", "conv5"):
+            x = getattr(self, name)(x)
+            maps[name] = x
+        return maps
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fc is None:
+            raise RuntimeError("this OSNet trunk was built without its fc head; use feature_map() or stage_maps()")
         return self.fc(self.feature_map(x).mean(dim=(2, 3)))
 
 
@@ -199,6 +214,7 @@ class OSNetReID(ReIDModel):
         std: Sequence[float] = IMAGENET_STD,
         neck: str = "bnneck",
         classifier_bias: bool = False,
+        pretrained: str | Path | None = None,
     ) -> None:
         if not type(self).architecture:
             raise TypeError("OSNetReID is abstract: build one of " + ", ".join(sorted(OSNET_ARCHITECTURES)))
@@ -224,6 +240,20 @@ class OSNetReID(ReIDModel):
             nn.init.normal_(self.classifier.weight, std=0.001)
             nn.init.zeros_(self.classifier.bias)
         self.backbone = OSNetBackbone(self.CHANNELS)
+        self.init_sources: list[dict[str, Any]] = []
+        if pretrained is not None:
+            self._load_backbone(pretrained)
+
+    def _load_backbone(self, pretrained: str | Path) -> None:
+        """Initialise the backbone (fc included) from a torchreid model-zoo file; its classifier is dropped."""
+        from model.appearance import strict_copy
+        from model.backbones import load_state_dict_file
+        from model.sources import weight_source
+
+        state = {k.removeprefix("module."): v for k, v in load_state_dict_file(pretrained).items()}
+        strict_copy(self.backbone, {k: v for k, v in state.items() if not k.startswith("classifier.")}, str(pretrained))
+        self.init_sources.append(weight_source(pretrained, "appearance"))
+        logger.info("%s backbone from %s (its classifier dropped)", self.architecture, pretrained)
 
     def extract(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.backbone(x), {}

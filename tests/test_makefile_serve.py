@@ -1,5 +1,6 @@
-"""`make serve`: a CHECKPOINT that does not exist fails at once with "no such file"; only the default demo
-checkpoint is built on demand. Runs the real Makefile against a throwaway venv path (nothing is installed)."""
+"""`make serve`: serves the committed default model with nothing to build; a CHECKPOINT that does not exist fails
+at once with "no such file"; only the demo checkpoint (MODEL=demo) is built on demand. Runs the real Makefile
+against a throwaway venv path (nothing is installed)."""
 
 from __future__ import annotations
 
@@ -38,12 +39,23 @@ def test_missing_checkpoint_fails_before_installing_anything(tmp_path: Path) -> 
     assert not venv.exists() and not missing.exists()  # no install started, no demo model trained
 
 
-def test_only_the_demo_checkpoint_is_built_on_demand(tmp_path: Path) -> None:
+def test_default_serve_builds_nothing_and_serves_the_committed_model(tmp_path: Path) -> None:
     venv = _fake_venv(tmp_path)
     demo = tmp_path / "demo.safetensors"
     plan = _make("-n", "serve", f"VENV={venv}", f"DEMO_CHECKPOINT={demo}")
     assert plan.returncode == 0, plan.stderr
+    assert "reid-demo-model" not in plan.stdout and "reid-fetch" not in plan.stdout
+    assert "REID_CHECKPOINT=${REID_CHECKPOINT:-checkpoints/default.safetensors}" in plan.stdout
+    assert (ROOT / "checkpoints" / "default.safetensors").is_file()
+
+
+def test_only_the_demo_checkpoint_is_built_on_demand(tmp_path: Path) -> None:
+    venv = _fake_venv(tmp_path)
+    demo = tmp_path / "demo.safetensors"
+    plan = _make("-n", "serve", f"VENV={venv}", f"DEMO_CHECKPOINT={demo}", "MODEL=demo")
+    assert plan.returncode == 0, plan.stderr
     assert f"reid-demo-model --out {demo}" in plan.stdout and "reid-serve" in plan.stdout
+    assert f"REID_CHECKPOINT=${{REID_CHECKPOINT:-{demo}}}" in plan.stdout
 
     existing = tmp_path / "real.safetensors"
     existing.write_bytes(b"weights")

@@ -185,8 +185,10 @@ def export_for_serving(source: Path, out: Path, extra_meta: dict[str, Any] | Non
     state = {k: v for k, v in trained.state_dict().items() if not k.startswith("classifier.")}
     model.load_state_dict(state, strict=True)
     meta = {**spec.train_meta, "exported_from": source.name, **(extra_meta or {})}
+    # The model card travels with the weights: where they came from and how the threshold was calibrated.
     save_checkpoint(
-        model.eval(), out, threshold=spec.threshold, metrics=spec.metrics, train_meta=meta, thresholds=spec.thresholds
+        model.eval(), out, threshold=spec.threshold, metrics=spec.metrics, train_meta=meta, thresholds=spec.thresholds,
+        provenance=spec.provenance, calibration=spec.calibration,
     )
     return {"source": str(source), "out": str(out), "threshold": spec.threshold, "metrics": spec.metrics}
 

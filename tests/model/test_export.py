@@ -42,6 +42,13 @@ _SLOW = pytest.mark.skipif(
 ARCHITECTURES = [
     pytest.param("osnet_x0_25", {}, id="osnet_x0_25", marks=_SLOW),
     pytest.param("pose_bilinear", {"pose_stages": 1, "embedding_dim": 64}, id="pose_bilinear"),
+    # The default model's layout: OSNet-x0.25 + EfficientPose-RT part maps (TensorFlow-style padding, fixed
+    # bilinear upsampling, squeeze-excite gates).
+    pytest.param(
+        "pose_bilinear",
+        {"appearance": "osnet_x0_25", "pose": "efficientpose_rt", "pose_output": "parts", "embedding_dim": 64},
+        id="pose_bilinear_osnet_efficientpose",
+    ),
     pytest.param("osnet_x1_0", {"neck": "none"}, id="osnet_x1_0", marks=_SLOW),
     pytest.param("resnet50", {"layer_wise": ["layer3"]}, id="resnet50", marks=_SLOW),
 ]

@@ -269,6 +269,7 @@ def calibrate_checkpoint(
             threshold=result.chosen.threshold,
             metrics=spec.metrics,
             train_meta=spec.train_meta,
+            provenance=spec.provenance,  # where the weights and data came from stays in the model card
             calibration=card,
         )
         logger.info("wrote %s with threshold %.4f", out, result.chosen.threshold)

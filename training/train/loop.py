@@ -29,8 +29,10 @@ from torch.utils.data import DataLoader
 
 from model import ReIDModel, build_model, load_checkpoint, save_checkpoint
 from model.backbones import load_state_dict_file
+from model.checkpoint import file_sha256, read_checkpoint_spec
 from model.device import autocast_for, resolve_device
 from training.config import OptimConfig, TrainConfig, save_config
+from training.data.market_half import read_source
 from training.data.readers import (
     ReidImageDataset,
     ReidSplit,
@@ -105,7 +107,8 @@ def read_data(config: TrainConfig) -> ReidSplit:
 
 POSE_WEIGHTS_HELP = (
     "pose_bilinear needs model.options.pose_weights: a converted CMU OpenPose body file (reid-import-openpose, "
-    "see docs/training.md) for the pose prior the method relies on, or explicitly `none` (random pose stream) or "
+    "see docs/training.md) or, with pose: efficientpose_rt / efficientpose_i, efficientpose_rt.pth / "
+    "efficientpose_i.pth, for the pose prior the method relies on, or explicitly `none` (random pose stream) or "
     "`imagenet` (VGG-19 ImageNet front only, OpenPose stages random) to train without one"
 )
 
@@ -127,11 +130,26 @@ def pose_prior(config: TrainConfig) -> dict[str, Any] | None:
     if text == "imagenet":
         return {"pose_weights": "imagenet", "pose_prior": False,
                 "source": "VGG-19 ImageNet conv1_1..conv4_2; CPM convs and OpenPose stages random"}
+    stream = str(config.model.options.get("pose", "openpose"))
+    if stream.startswith("efficientpose"):
+        return {"pose_weights": text, "pose_prior": True, "source": f"{stream} weights (Apache-2.0)"}
     keys = load_state_dict_file(text).keys()
     if "features.0.weight" in keys:
         return {"pose_weights": text, "pose_prior": False,
                 "source": "torchvision VGG-19 file; CPM convs and OpenPose stages random"}
     return {"pose_weights": text, "pose_prior": True, "source": "OpenPose body weights"}
+
+
+def model_provenance(config: TrainConfig, model: ReIDModel, split: ReidSplit) -> dict[str, Any]:
+    """The model card's sources: each initial weight file (part, file, sha256, licence) and the training data
+    (with its terms when the data folder says them in SOURCE.json, as ``training.data.market_half`` writes)."""
+    initial: list[dict[str, Any]] = list(getattr(model, "init_sources", []))
+    init = config.model.init_checkpoint
+    if init is not None:
+        initial.append({"part": "init_checkpoint", "file": Path(init).name, "sha256": file_sha256(init),
+                        "provenance": read_checkpoint_spec(init).provenance})
+    data = read_source(config.data.root) or {"data": split.name}
+    return {"initial_weights": initial, "training_data": data}
 
 
 def build_training_model(config: TrainConfig, num_classes: int) -> ReIDModel:
@@ -293,10 +311,12 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def _save_eval_checkpoint(model: ReIDModel, path: Path, result: EvalResult, meta: dict[str, Any]) -> None:
+def _save_eval_checkpoint(model: ReIDModel, path: Path, result: EvalResult, meta: dict[str, Any],
+                          provenance: dict[str, Any] | None = None) -> None:
     metrics = {k: v for k, v in result.metrics.items() if k != "cmc"}
     metrics["calibration"] = result.calibration.as_dict()
-    save_checkpoint(model, path, threshold=result.calibration.threshold, metrics=metrics, train_meta=meta)
+    save_checkpoint(model, path, threshold=result.calibration.threshold, metrics=metrics, train_meta=meta,
+                    provenance=provenance)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -431,6 +451,7 @@ def train(config: TrainConfig) -> TrainResult:
     model: nn.Module = build_training_model(config, split.num_train_pids).to(device)
     if config.run.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    provenance = model_provenance(config, _unwrap(model), split) if info.is_main else {}
     criterion = ReIDCriterion(config.loss)
     optimizer = make_optimizer(model, config.optim)
     steps_per_epoch = config.optim.steps_per_epoch or len(sampler)
@@ -504,13 +525,14 @@ def train(config: TrainConfig) -> TrainResult:
                 history.append(entry)
                 _append_jsonl(metrics_path, entry)
                 epoch_meta = {**meta, "epoch": epoch + 1, "step": step}
-                _save_eval_checkpoint(_unwrap(model), last_path, last_result, epoch_meta)
+                _save_eval_checkpoint(_unwrap(model), last_path, last_result, epoch_meta, provenance)
                 if config.run.select == "last" or last_result.metrics["mAP"] > best_map:
                     best_map = last_result.metrics["mAP"]
                     best_metrics = summary
-                    _save_eval_checkpoint(_unwrap(model), best_path, last_result, epoch_meta)
+                    _save_eval_checkpoint(_unwrap(model), best_path, last_result, epoch_meta, provenance)
             else:
-                save_checkpoint(_unwrap(model), last_path, train_meta={**meta, "epoch": epoch + 1})
+                save_checkpoint(_unwrap(model), last_path, train_meta={**meta, "epoch": epoch + 1},
+                                provenance=provenance)
         if info.is_main:
             torch.save(
                 {

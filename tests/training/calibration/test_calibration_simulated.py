@@ -132,6 +132,11 @@ def test_cli_writes_the_model_card_and_refuses_an_unreachable_target(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     checkpoint = make_tiny_checkpoint(tmp_path / "uncalibrated.safetensors", threshold=None)
+    # A model card's provenance (initial weights, data terms) must survive calibration.
+    from model import load_checkpoint, save_checkpoint
+
+    provenance = {"initial_weights": [{"file": "w.pth", "sha256": "ab", "licence": "MIT"}], "training_data": {}}
+    save_checkpoint(load_checkpoint(checkpoint)[0], checkpoint, provenance=provenance)
     # 1 image per person: folder gives it as a gallery crop only; 2 images: the same crop registered and asked.
     _write_people(tmp_path / "crops", 12, 2)
     out = tmp_path / "calibrated.safetensors"
@@ -144,6 +149,7 @@ def test_cli_writes_the_model_card_and_refuses_an_unreachable_target(
     spec = read_checkpoint_spec(out)
     assert spec.threshold is not None and spec.threshold == card["threshold"]
     assert spec.calibration == card
+    assert spec.provenance == provenance
     assert card["precision"] >= 0.9 and card["recall"] == 1.0  # identical copies always win top-1
     assert card["data"] == {"format": "folder", "name": "folder", "root": "crops", "people": 12,
                             "query_crops": 12, "gallery_crops": 12}  # fmt: skip

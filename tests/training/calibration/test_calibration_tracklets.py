@@ -112,3 +112,19 @@ def test_with_distractors_hides_identities_per_group() -> None:
     assert by_bucket["5+"].accuracy > 0.5
     with pytest.raises(ValueError, match="both"):
         calibrate_tracklets_with_distractors(data["q_emb"], q_pids, data["g_emb"], g_pids, q_groups=q_groups)
+
+
+def test_export_keeps_the_model_card(tmp_path: Path) -> None:
+    """reid-export's serving checkpoint keeps the provenance and the calibration card (the default model's)."""
+    from model import load_checkpoint, save_checkpoint
+    from model.checkpoint import read_checkpoint_spec
+    from tests.support.checkpoints import make_tiny_checkpoint
+    from training.cli import export_for_serving
+
+    model, _ = load_checkpoint(make_tiny_checkpoint(tmp_path / "tiny.safetensors"))
+    provenance = {"initial_weights": [{"file": "w.pth", "sha256": "ab", "licence": "MIT"}]}
+    calibration = {"objective": "recall at precision >= 0.9", "threshold": 0.7}
+    save_checkpoint(model, tmp_path / "src.safetensors", threshold=0.7, provenance=provenance, calibration=calibration)
+    export_for_serving(tmp_path / "src.safetensors", tmp_path / "out.safetensors")
+    spec = read_checkpoint_spec(tmp_path / "out.safetensors")
+    assert spec.provenance == provenance and spec.calibration == calibration

@@ -27,19 +27,38 @@ from torch import nn
 from model.base import ReIDModel
 from model.bilinear import CompactBilinearPooling
 from model.checkpoint import METADATA_KEY, CheckpointSpec
+from model.graph import (
+    EXPORT_VERSION,
+    EXPORT_VERSION_KEY,
+    FINGERPRINT_KEY,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SPECTRAL_KEY,
+    spec_from_metadata,
+)
 
 logger = logging.getLogger(__name__)
 
-# Bumped whenever the exported graph changes for the same checkpoint (wrapper, opset, DFT formulation), so a
-# graph cached by an older version is never served by a newer one.
-EXPORT_VERSION = 1
+# The graph's names and metadata keys live in model/graph.py (torch-free, read by the service); re-exported here.
+__all__ = [
+    "EXPORT_VERSION",
+    "EXPORT_VERSION_KEY",
+    "FINGERPRINT_KEY",
+    "INPUT_NAME",
+    "MIN_COSINE",
+    "OPSET",
+    "OUTPUT_NAME",
+    "SPECTRAL_KEY",
+    "OnnxExportError",
+    "export_onnx",
+    "graph_metadata",
+    "read_onnx_metadata",
+    "spec_from_metadata",
+    "verify_onnx",
+]
+
 # DFT (used by pose_bilinear's Tensor Sketch when exported in "dft" form) needs opset >= 17.
 OPSET = 18
-INPUT_NAME = "crops"
-OUTPUT_NAME = "embeddings"
-EXPORT_VERSION_KEY = "soccernet_reid_onnx_export_version"
-FINGERPRINT_KEY = "soccernet_reid_checkpoint_sha256"
-SPECTRAL_KEY = "soccernet_reid_sketch_spectral"
 # Minimum cosine between torch's and the graph's embeddings for a written graph to be accepted.
 MIN_COSINE = 0.9999
 
@@ -199,10 +218,3 @@ def read_onnx_metadata(path: Path) -> dict[str, str]:
 
     proto = onnx.load_model(str(path), load_external_data=False)
     return {entry.key: entry.value for entry in proto.metadata_props}
-
-
-def spec_from_metadata(metadata: dict[str, str], source: str = "onnx graph") -> CheckpointSpec:
-    """The checkpoint spec carried by an exported graph."""
-    if METADATA_KEY not in metadata:
-        raise OnnxExportError(f"{source}: carries no {METADATA_KEY} metadata (not exported by this project)")
-    return CheckpointSpec.from_dict(json.loads(metadata[METADATA_KEY]), source=source)

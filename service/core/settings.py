@@ -2,7 +2,7 @@
 
 Example::
 
-    REID_CHECKPOINT=artifacts/demo.safetensors REID_DATA_DIR=/var/lib/reid REID_API_KEY=secret \
+    REID_CHECKPOINT=checkpoints/default.onnx REID_DATA_DIR=/var/lib/reid REID_API_KEY=secret \
         uvicorn service.app:app --port 8000
 """
 
@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REID_", frozen=True, extra="ignore")
 
     checkpoint: Path | None = Field(
-        default=None, description="Model checkpoint (.safetensors written by model.save_checkpoint)."
+        default=None,
+        description="The model: a .safetensors checkpoint (model.save_checkpoint), or the .onnx graph that "
+        "reid-export --format onnx writes beside it (served without torch).",
     )
     data_dir: Path = Field(default=Path("./data"), description="Folder for the SQLite gallery database.")
     gallery_backend: str = Field(
@@ -58,11 +60,13 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     runtime: str = Field(
         default="auto",
-        description="auto | torch | onnxruntime. auto: onnxruntime on the CPU where the architecture exports "
-        "(else torch, with a warning), torch on CUDA.",
+        description="auto | torch | onnxruntime. auto: onnxruntime on the CPU where a graph is shipped or the "
+        "architecture exports (else torch, with a warning), torch on CUDA.",
     )
     onnx_cache_dir: Path | None = Field(
-        default=None, description="Folder of exported ONNX graphs, by checkpoint sha256 (default: DATA_DIR/onnx)."
+        default=None,
+        description="Folder of exported ONNX graphs, by checkpoint sha256, shared by every data folder "
+        "(default: the user's cache folder, e.g. ~/.cache/soccernet-reid/onnx).",
     )
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="Largest inference batch (crops).")
     max_delay_ms: float = Field(
@@ -137,8 +141,13 @@ class Settings(BaseSettings):
 
     @property
     def onnx_cache_path(self) -> Path:
-        """Where exported ONNX graphs are cached."""
-        return self.onnx_cache_dir if self.onnx_cache_dir is not None else self.data_dir / "onnx"
+        """Where exported ONNX graphs are cached: keyed by the checkpoint's sha256, so one cache serves every
+        REID_DATA_DIR (a new data folder does not export the same graph again)."""
+        if self.onnx_cache_dir is not None:
+            return self.onnx_cache_dir
+        from platformdirs import user_cache_dir
+
+        return Path(user_cache_dir("soccernet-reid", appauthor=False)) / "onnx"
 
     @property
     def database_path(self) -> Path:

@@ -458,7 +458,7 @@ async def info(state: StateDep) -> InfoResponse:
         threshold_source=state.threshold.source,
         checkpoint_threshold=state.threshold.checkpoint_value,
         thresholds_by_size=dict(state.threshold.by_size),
-        calibration=dict(spec.calibration) or None,
+        calibration=spec.calibration_card(),
         device=embedder.device,
         autocast=embedder.autocast,
         runtime=embedder.runtime,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from model.checkpoint import file_sha256
+from model.spec import file_sha256
 from service.core.errors import ImageError
 from service.core.faults import pause_point
 from service.core.settings import Settings

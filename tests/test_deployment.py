@@ -455,7 +455,7 @@ def test_cpu_override_replaces_the_gpu_service_with_a_mirror(base: dict, cpu: di
     assert len(started) == 1
     ((name, replacement),) = started.items()
     assert not gpu_devices(replacement) and "deploy" not in replacement
-    assert replacement["build"]["args"]["EXTRAS"] == "cpu"
+    assert replacement["build"]["args"]["EXTRAS"] == "serve", "the CPU image is the torch-free serving install"
     assert replacement["image"] != gpu_service["image"], "CPU and GPU images must not share a tag"
     assert "reid" in replacement["networks"]["default"]["aliases"], "Prometheus scrapes reid:8000"
 

@@ -13,11 +13,13 @@ the written graph against torch) are imported inside the functions, so ``model``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +134,7 @@ def export_onnx(
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_exporter():
             # The exporter warns about things that do not concern this graph (e.g. deprecated helpers it uses).
             warnings.simplefilter("ignore")
             program: Any = torch.onnx.export(
@@ -180,6 +182,22 @@ def export_onnx(
         out,
     )
     return out
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """torch's exporter logs each of its passes at INFO through onnxscript and onnx_ir (40-odd lines per
+    export); nobody exporting a model or starting the service needs them. Warnings still show."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
+    previous = [target.level for target in loggers]
+    for target in loggers:
+        if target.getEffectiveLevel() < logging.WARNING:
+            target.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for target, level in zip(loggers, previous, strict=True):
+            target.setLevel(level)
 
 
 def _save_proto(proto: Any, path: Path) -> None:

@@ -468,7 +468,6 @@ def _export_into_cache(
         checkpoint,
         graph,
     )
-    quiet_exporter_logs()
     model, spec = load_checkpoint(checkpoint, device="cpu")
     _check_input_size(checkpoint, model, spec)
     try:
@@ -477,11 +476,3 @@ def _export_into_cache(
         raise RuntimeUnavailable(f"{spec.architecture} does not export to ONNX: {exc}") from exc
     return OnnxRuntime(graph, device, threads, cache_dir)
 
-
-def quiet_exporter_logs() -> None:
-    """torch's ONNX exporter logs each of its passes at INFO through onnxscript and onnx_ir (40-odd lines per
-    export); a user starting the service needs none of them."""
-    for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):
-        target = logging.getLogger(name)
-        if target.getEffectiveLevel() < logging.WARNING:
-            target.setLevel(logging.WARNING)

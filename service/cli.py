@@ -76,6 +76,13 @@ def bind_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _browsable(host: str) -> str:
+    """The host part of a URL a browser on this machine can open for a server bound to ``host``."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 def check_data_dir(settings: Settings, model: Path, fingerprint: str) -> None:
     """Refuse (SystemExit, one message) a local gallery that holds another model's embeddings."""
     if settings.gallery_backend != "local":
@@ -91,8 +98,8 @@ def check_data_dir(settings: Settings, model: Path, fingerprint: str) -> None:
         f"({stored[:12]}...), not of {model} ({fingerprint[:12]}...); embeddings of two models cannot be "
         "compared. Either give this model its own data folder:\n"
         f"    REID_DATA_DIR={fresh} REID_CHECKPOINT={model} {command('reid-serve')}\n"
-        "or re-embed that gallery for this model from its stored crops (the full install, with torch):\n"
-        f"    {command('reid-reindex')} --data-dir {data_dir} --checkpoint {model.with_suffix('.safetensors')}\n"
+        "or re-embed that gallery for this model from its stored crops:\n"
+        f"    {command('reid-reindex')} --data-dir {data_dir} --checkpoint {model}\n"
         "or serve the model that built it."
     )
 
@@ -110,14 +117,14 @@ def serve_main(argv: list[str] | None = None) -> None:
     except ServingSetupError as exc:
         sock.close()
         raise SystemExit(f"reid-serve: {exc}") from exc
-    check_data_dir(settings, Path(settings.checkpoint), fingerprint)
+    check_data_dir(settings, files.checkpoint or Path(settings.checkpoint), fingerprint)
     logging.getLogger("uvicorn.error").addFilter(_NoSetupTraceback())
     logger.info(
         "starting: model %s (%s...), data %s; the API and its docs will be at http://%s:%d/docs",
-        files.name,
+        settings.checkpoint,
         fingerprint[:12],
         settings.data_dir,
-        args.host if ":" not in args.host else f"[{args.host}]",
+        _browsable(args.host),
         args.port,
     )
     config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, workers=1)

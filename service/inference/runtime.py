@@ -52,8 +52,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RUNTIMES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
-# What a user without torch installs to get it (the full CPU install), and what they run to ship a graph.
-FULL_INSTALL = "pip install -e '.[cpu]'  (or: make install)"
+# What a user without torch installs to get it: the full CPU install (make install in a checkout).
+FULL_INSTALL = "make install (or: pip install -e '.[cpu]')"
+
+
+def full_install_command(name: str) -> str:
+    """A console script that needs torch, as a user can paste it: from this environment where it has torch,
+    else from the full install's venv of a checkout (.venv, what make install creates)."""
+    if torch_installed():
+        return command(name)
+    if Path("Makefile").is_file():
+        return f"make install && .venv/bin/{name}"
+    return f"{name}  (in an environment with pip install 'soccernet-reid[cpu]')"
 
 
 class ServingSetupError(RuntimeError):
@@ -260,8 +270,8 @@ def _no_graph_message(checkpoint: Path) -> str:
     graph = graph_beside(checkpoint)
     return (
         f"{checkpoint} has no ONNX graph beside it ({graph}) and none is cached, and this install has no torch to "
-        f"export one. Either export the graph once where the full install is ({FULL_INSTALL}):\n"
-        f"    {command('reid-export')} {checkpoint} --format onnx\n"
+        "export one. Either export the graph once with the full install:\n"
+        f"    {full_install_command('reid-export')} {checkpoint} --format onnx\n"
         f"(it writes {graph}), then start again with the two files side by side; or install torch here to serve "
         f"the checkpoint as it is: {FULL_INSTALL}"
     )
@@ -270,8 +280,8 @@ def _no_graph_message(checkpoint: Path) -> str:
 def _mismatch_message(graph: Path, graph_fingerprint: str, checkpoint: Path | None, fingerprint: str) -> str:
     return (
         f"{graph} was exported from another checkpoint (sha256 {graph_fingerprint[:12]}...) than the {checkpoint} "
-        f"beside it ({fingerprint[:12]}...); export the pair again where torch is installed:\n"
-        f"    {command('reid-export')} {checkpoint} --format onnx"
+        f"beside it ({fingerprint[:12]}...); export the pair again with the full install:\n"
+        f"    {full_install_command('reid-export')} {checkpoint} --format onnx"
     )
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from model.spec import file_sha256
 from service.core.errors import ImageError
 from service.core.faults import pause_point
 from service.core.settings import Settings
@@ -75,8 +74,10 @@ def reindex(
 
 
 def _reindex(database: Path, checkpoint: Path, device: str, batch_size: int, progress: bool) -> ReindexResult:
-    fingerprint = file_sha256(checkpoint)
-    embedder = Embedder.from_checkpoint(checkpoint, device)
+    # The service's own runtime choice: a graph beside the checkpoint (or the .onnx given) embeds without torch.
+    settings = Settings()
+    embedder = Embedder.from_checkpoint(checkpoint, device, settings.runtime, cache_dir=settings.onnx_cache_path)
+    fingerprint = embedder.fingerprint
     store = GalleryStore(database, embedder.embedding_dim, check_meta=False)
     try:
         if store.meta().get("model_fingerprint") == fingerprint:
@@ -122,7 +123,9 @@ def _reindex(database: Path, checkpoint: Path, device: str, batch_size: int, pro
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reid-reindex", description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="the new model (.safetensors)")
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="the new model (.safetensors, or the .onnx graph beside it)"
+    )
     parser.add_argument("--data-dir", type=Path, required=True, help="the gallery's REID_DATA_DIR")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--batch-size", type=int, default=32, help="crops per inference batch (default 32)")

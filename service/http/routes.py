@@ -50,8 +50,32 @@ MAX_METADATA_BYTES = 16 * 1024
 MAX_OFFSET = 2**53
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorResponse} for code in codes}
+# One example body per status, as the service really answers it (files are counted from #0).
+ERROR_EXAMPLES: dict[int, dict[str, str]] = {
+    400: {"error": "invalid_image", "detail": "file #0 ('crop.png'): the image data is truncated or corrupt"},
+    401: {"error": "unauthorized", "detail": "missing or wrong API key (X-API-Key or Authorization: Bearer)"},
+    404: {"error": "collection_not_found", "detail": "collection 'match-2024-05-12' does not exist"},
+    413: {"error": "too_many_files", "detail": "80 files sent, at most 64 per request"},
+    415: {"error": "unsupported_media_type", "detail": "file #0 ('crop.gif'): not a JPEG, PNG or WebP image"},
+    422: {"error": "validation_error", "detail": "body.files: Field required"},
+    500: {"error": "internal_error", "detail": "internal server error"},
+    503: {
+        "error": "overloaded",
+        "detail": "inference queue full (1020 of 1024 crops waiting, this request adds 8); retry later",
+    },
+}
+
+
+_ITEM_404 = {404: {"error": "item_not_found", "detail": "no gallery item with id 3f1c2a9e-7b4d-4e8a-9c0f-2d6b5a1e8f70"}}
+
+
+def _errors(*codes: int, examples: dict[int, dict[str, str]] | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for error ``codes``: the shared ErrorResponse shape, each with its own example
+    (``examples`` overrides ERROR_EXAMPLES for one operation)."""
+    chosen = {**ERROR_EXAMPLES, **(examples or {})}
+    return {
+        code: {"model": ErrorResponse, "content": {"application/json": {"example": chosen[code]}}} for code in codes
+    }
 
 
 health_router = APIRouter(tags=["health"])
@@ -204,7 +228,9 @@ async def healthz() -> HealthResponse:
 @health_router.get(
     "/readyz",
     response_model=HealthResponse,
-    responses=_errors(503),
+    responses=_errors(
+        503, examples={503: {"error": "not_ready", "detail": "model or index not ready yet"}}
+    ),
     summary="Readiness: model loaded and warmed up, indexes rebuilt",
 )
 async def readyz(request: Request) -> HealthResponse:
@@ -225,7 +251,29 @@ async def readyz(request: Request) -> HealthResponse:
     status_code=201,
     response_model=GalleryAddResponse,
     tags=["gallery"],
-    responses={**_errors(400, 413, 415, 422), 409: {"model": DuplicateErrorResponse}},
+    responses={
+        **_errors(
+            400,
+            413,
+            415,
+            422,
+            examples={422: {"error": "label_count_mismatch", "detail": "1 labels for 2 files: send one `labels` "
+                            "field per file"}},
+        ),
+        409: {
+            "model": DuplicateErrorResponse,
+            "content": {
+                "application/json": {
+                    "example": {
+                        "error": "duplicate_crop",
+                        "detail": "in collection 'match-2024-05-12': file #0 is already item "
+                        "3f1c2a9e-7b4d-4e8a-9c0f-2d6b5a1e8f70; nothing was registered",
+                        "duplicates": [{"file": 0, "id": "3f1c2a9e-7b4d-4e8a-9c0f-2d6b5a1e8f70"}],
+                    }
+                }
+            },
+        },
+    },
     summary="Register crops (all or nothing)",
     description=(
         "Registers every file or none. The same crop bytes (by SHA-256) cannot be registered twice in one "
@@ -302,7 +350,7 @@ ItemIdPath = Annotated[UUID, Path(description="Gallery item id.", examples=["3f1
     "/gallery/{item_id}",
     response_model=GalleryItemDetail,
     tags=["gallery"],
-    responses=_errors(404, 422),
+    responses=_errors(404, 422, examples=_ITEM_404),
     summary="One gallery item",
 )
 async def get_gallery_item(state: StateDep, item_id: ItemIdPath) -> GalleryItemDetail:
@@ -334,7 +382,10 @@ def _media_type(data: bytes) -> str:
     "/gallery/{item_id}/image",
     tags=["gallery"],
     response_class=Response,
-    responses={**_errors(404, 422), 200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+    responses={
+        **_errors(404, 422, examples=_ITEM_404),
+        200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+    },
     summary="The crop registered for an item, exactly as uploaded",
     description="404 `image_not_stored` when the item was registered while REID_STORE_CROPS was off, or the "
     "gallery backend keeps no crops (`milvus`).",
@@ -353,7 +404,7 @@ async def get_gallery_image(state: StateDep, item_id: ItemIdPath) -> Response:
     "/gallery/{item_id}",
     response_model=DeletedItem,
     tags=["gallery"],
-    responses=_errors(404, 422),
+    responses=_errors(404, 422, examples=_ITEM_404),
     summary="Delete one gallery item",
 )
 async def delete_gallery_item(state: StateDep, item_id: ItemIdPath) -> DeletedItem:

@@ -20,7 +20,7 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="Stable machine-readable code.", examples=["unsupported_media_type"])
     detail: str = Field(
         description="What went wrong, for humans.",
-        examples=["file #1 ('crop.gif'): not a JPEG, PNG or WebP image"],
+        examples=["file #0 ('crop.gif'): not a JPEG, PNG or WebP image"],
     )
 
 

@@ -45,7 +45,8 @@ COPY model/ model/
 COPY training/ training/
 COPY service/ service/
 
-# The README's and CI's install step, not a second recipe: venv (+ torch unless EXTRAS=serve) + the project.
+# The documented (docs/getting-started.md) and CI's install step, not a second recipe: venv (+ torch unless
+# EXTRAS=serve) + the project with its extras.
 RUN --mount=type=cache,target=/root/.cache/pip \
     make install VENV=/opt/venv EXTRAS=${EXTRAS} PYTHON=python3.11 TORCH_INDEX=${TORCH_INDEX}
 

@@ -11,6 +11,8 @@ DEFAULT_GRAPH := checkpoints/default.onnx
 CHECKPOINT ?= $(DEFAULT_GRAPH)
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# `make docs` serves the documentation site here (beside the service on PORT).
+DOCS_PORT ?= 8001
 # make serve MODEL=demo serves the demo model (trained here on SYNTHETIC players, needs torch); MODEL=NAME a
 # pretrained model of the zoo (list: .venv/bin/reid-fetch --list). Empty: CHECKPOINT (default: the default model).
 MODEL ?=
@@ -48,7 +50,8 @@ SERVE_NAME := $(notdir $(basename $(SERVE_CHECKPOINT)))
 # One gallery folder per model by default (data/default, data/demo, ...): a gallery holds one model's embeddings.
 DATA_ROOT ?= data
 
-.PHONY: install install-serve serve test lint lint-ruff lint-mypy lint-docker demo-model check-checkpoint clean
+.PHONY: install install-serve serve test lint lint-ruff lint-mypy lint-docker demo-model check-checkpoint docs docs-build \
+	clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=/path/to/python3.11"; exit 1; }
@@ -108,5 +111,13 @@ lint-mypy: install
 lint-docker: install
 	$(VENV)/bin/hadolint --config .hadolint.yaml Dockerfile
 
+# The documentation site (mkdocs.yml): served with live reload on 127.0.0.1 only; built strictly (a broken link,
+# a missing anchor or a page left out of the navigation fails), as CI does.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr $(HOST):$(DOCS_PORT)
+
+docs-build: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SERVE_VENV) artifacts site .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BeforeValidator, Field
 
 from service.core.errors import ImageError, NotFoundError, NotReadyError, OverloadedError, ServiceError
 from service.core.version import VERSION
@@ -96,6 +97,11 @@ CollectionForm = Annotated[
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _blank_is_none(value: Any) -> Any:
+    """An optional form field left empty: HTML forms send "", Swagger UI's Try it out sends "null"."""
+    return None if isinstance(value, str) and value.strip() in ("", "null") else value
 
 
 def _check_file_count(state: ServiceState, files: list[UploadFile]) -> None:
@@ -296,8 +302,11 @@ async def add_to_gallery(
     metadata: Annotated[
         list[str] | None,
         Form(
-            description="Optional JSON object per file (one field per file, in file order).",
-            examples=[['{"frame": 1532, "camera": "main"}']],
+            description='Optional JSON object per file (one field per file, in file order), e.g. '
+            '`{"frame": 1532, "camera": "main"}`.',
+            # Empty on purpose: /docs pre-fills fields from the example, and one sample value would not match
+            # the number of files a user picks.
+            examples=[[]],
         ),
     ] = None,
 ) -> GalleryAddResponse:
@@ -466,15 +475,21 @@ async def query(
     collection: CollectionForm,
     top_k: Annotated[int, Form(ge=1, le=1000, description="Matches returned per crop.", examples=[10])] = 10,
     threshold: Annotated[
-        float | None,
-        Form(ge=-1.0, le=1.0, description="Override of the match threshold (cosine, -1..1).", examples=[0.6]),
+        Annotated[float, Field(ge=-1.0, le=1.0)] | None,
+        BeforeValidator(_blank_is_none),
+        Form(
+            description="Override of the match threshold (cosine, -1..1), e.g. 0.6; empty: the calibrated one "
+            "(GET /info).",
+            # null, so /docs leaves the field empty (without an example it pre-fills the minimum, -1).
+            examples=[None],
+        ),
     ] = None,
     tracklets: Annotated[
         list[str] | None,
         Form(
             description="Optional tracklet per file (one field per file, in file order): files sharing a value are "
-            "pooled into one query, answered once, in order of first appearance.",
-            examples=[["track-12"]],
+            "pooled into one query, answered once, in order of first appearance (e.g. `track-12`).",
+            examples=[[]],  # empty for /docs, as metadata above
         ),
     ] = None,
 ) -> QueryResponse:

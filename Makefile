@@ -47,6 +47,7 @@ SERVE_WITH := $(if $(filter %.onnx,$(SERVE_CHECKPOINT)),$(SERVE_VENV),$(VENV))
 SERVE_NOTE :=
 endif
 SERVE_NAME := $(notdir $(basename $(SERVE_CHECKPOINT)))
+SERVE_INSTALL := $(if $(filter $(SERVE_VENV),$(SERVE_WITH)),install-serve,install)
 # One gallery folder per model by default (data/default, data/demo, ...): a gallery holds one model's embeddings.
 DATA_ROOT ?= data
 
@@ -91,7 +92,7 @@ check-checkpoint:
 	fi
 
 # REID_DATA_DIR, REID_CHECKPOINT (and every other REID_* setting) from the environment win over these defaults.
-serve: check-checkpoint $(if $(filter $(SERVE_VENV),$(SERVE_WITH)),install-serve,install) $(SERVE_BUILDS)
+serve: check-checkpoint $(SERVE_INSTALL) $(SERVE_BUILDS)
 	@$(if $(SERVE_NOTE),echo "$(SERVE_NOTE)",true)
 	REID_CHECKPOINT=$${REID_CHECKPOINT:-$(SERVE_CHECKPOINT)} REID_DATA_DIR=$${REID_DATA_DIR:-$(DATA_ROOT)/$(SERVE_NAME)} \
 		$(SERVE_WITH)/bin/reid-serve --host $(HOST) --port $(PORT)

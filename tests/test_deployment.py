@@ -228,7 +228,9 @@ def test_image_installs_through_the_makefile_install_target(docker: list[tuple[s
 
     # README -> Makefile -> image: the README's commands both go through `install`, CI runs it first.
     rules = makefile_targets(makefile)
-    assert "install" in rules["serve"][0] and "install" in rules["test"][0]
+    # serve installs through SERVE_INSTALL: `install`, or `install-serve` (the same target, EXTRAS=serve).
+    assert "$(SERVE_INSTALL)" in rules["serve"][0] and "install" in rules["test"][0]
+    assert "$(MAKE) --no-print-directory install VENV=$(SERVE_VENV) EXTRAS=serve" in makefile
     readme = README.read_text()
     assert "make serve" in readme and "make test" in readme
     ci = [line.strip() for line in CI_SCRIPT.read_text().splitlines()]

@@ -29,12 +29,19 @@ NEEDS_TORCH := $(filter-out serve,$(subst $(comma), ,$(EXTRAS)))
 ORACLES := $(if $(findstring dev,$(EXTRAS)),$(comma)oracles)
 # What `make serve` serves, with which install, and what it may build first: the demo checkpoint or a zoo
 # download (both with the full install), never anything else.
-ifeq ($(strip $(MODEL)),demo)
+# Until the default model is in the checkout, plain `make serve` falls back to the demo (and says so).
+SERVE_MODEL := $(strip $(MODEL))
+DEFAULT_MISSING := $(if $(SERVE_MODEL),,$(if $(filter $(DEFAULT_GRAPH),$(CHECKPOINT)),$(if $(wildcard $(DEFAULT_GRAPH)),,yes)))
+ifeq ($(DEFAULT_MISSING),yes)
+SERVE_MODEL := demo
+endif
+ifeq ($(SERVE_MODEL),demo)
 SERVE_CHECKPOINT := $(DEMO_CHECKPOINT)
 SERVE_BUILDS := $(DEMO_CHECKPOINT)
 SERVE_WITH := $(VENV)
-SERVE_NOTE := NOTE: serving the demo model, trained on SYNTHETIC players: it says nothing about real footage.
-else ifneq ($(strip $(MODEL)),)
+SERVE_NOTE := NOTE: serving the demo model, trained on SYNTHETIC players: it says nothing about real footage.\
+$(if $(DEFAULT_MISSING), ($(DEFAULT_GRAPH) is not in this checkout, so the demo stands in for it.))
+else ifneq ($(SERVE_MODEL),)
 SERVE_CHECKPOINT := artifacts/zoo/$(MODEL).safetensors
 SERVE_BUILDS := $(SERVE_CHECKPOINT)
 SERVE_WITH := $(VENV)
@@ -82,12 +89,8 @@ demo-model: $(DEMO_CHECKPOINT)
 
 # First prerequisite, so a missing file is reported before anything is installed or built.
 check-checkpoint:
-	@if [ -z "$(strip $(MODEL))" ] && [ ! -f "$(CHECKPOINT)" ]; then \
-		if [ "$(CHECKPOINT)" = "$(DEFAULT_GRAPH)" ]; then \
-			echo "make serve: $(DEFAULT_GRAPH) is not in this checkout yet; serve the demo model instead: make serve MODEL=demo" >&2; \
-		else \
-			echo "make serve: no such file: CHECKPOINT=$(CHECKPOINT) (only MODEL=demo is built on demand)" >&2; \
-		fi; \
+	@if [ -z "$(SERVE_MODEL)" ] && [ ! -f "$(CHECKPOINT)" ]; then \
+		echo "make serve: no such file: CHECKPOINT=$(CHECKPOINT) (only MODEL=demo is built on demand)" >&2; \
 		exit 1; \
 	fi
 

@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI
 from PIL import Image
 
+from model.commands import command
 from service.core.errors import install_error_handlers
 from service.core.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.core.settings import Settings
@@ -74,12 +75,15 @@ def warn_if_uncalibrated(checkpoint: Path, policy: ThresholdPolicy) -> None:
     in_use = "REID_THRESHOLD" if policy.source == "setting" else "the built-in REID_DEFAULT_THRESHOLD"
     logger.warning(
         "%s carries no calibrated threshold: `match` uses %s = %.3f, which may name a wrong person for "
-        "people who were never registered; calibrate it with `reid-calibrate %s --data-format ... "
-        "--data-root ... --out NEW.safetensors`",
+        "people who were never registered; calibrate it on labelled crops of your own (the full install): "
+        "`%s %s --data-format cuhk03 --data-root YOUR_CROPS --out %s` (formats: %s --help)",
         checkpoint.name,
         in_use,
         policy.value,
-        checkpoint.name,
+        command("reid-calibrate"),
+        checkpoint,
+        checkpoint.with_name(checkpoint.stem + "_calibrated.safetensors"),
+        command("reid-calibrate"),
     )
 
 

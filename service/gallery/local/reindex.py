@@ -27,6 +27,7 @@ from service.core.settings import Settings
 from service.gallery.local.snapshots import SUFFIX
 from service.gallery.local.store import GalleryInUseError, GalleryLock, GalleryStore
 from service.inference.embedder import Embedder
+from service.inference.runtime import locate_model, torch_installed
 from service.inference.imaging import ImageLimits, decode_crop
 
 logger = logging.getLogger(__name__)
@@ -74,9 +75,13 @@ def reindex(
 
 
 def _reindex(database: Path, checkpoint: Path, device: str, batch_size: int, progress: bool) -> ReindexResult:
-    # The service's own runtime choice: a graph beside the checkpoint (or the .onnx given) embeds without torch.
+    # A graph beside the checkpoint (or the .onnx given) embeds without torch; otherwise torch, where installed,
+    # rather than exporting a graph only for this batch job. REID_RUNTIME set explicitly wins.
     settings = Settings()
-    embedder = Embedder.from_checkpoint(checkpoint, device, settings.runtime, cache_dir=settings.onnx_cache_path)
+    runtime = settings.runtime
+    if runtime == "auto" and locate_model(checkpoint).graph is None and torch_installed():
+        runtime = "torch"
+    embedder = Embedder.from_checkpoint(checkpoint, device, runtime, cache_dir=settings.onnx_cache_path)
     fingerprint = embedder.fingerprint
     store = GalleryStore(database, embedder.embedding_dim, check_meta=False)
     try:

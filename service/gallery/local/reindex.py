@@ -27,8 +27,8 @@ from service.core.settings import Settings
 from service.gallery.local.snapshots import SUFFIX
 from service.gallery.local.store import GalleryInUseError, GalleryLock, GalleryStore
 from service.inference.embedder import Embedder
-from service.inference.runtime import locate_model, torch_installed
 from service.inference.imaging import ImageLimits, decode_crop
+from service.inference.runtime import locate_model, torch_installed
 
 logger = logging.getLogger(__name__)
 

@@ -205,6 +205,7 @@ def export_onnx_graph(source: Path, out: Path | None = None, graph_only: bool = 
     from model.checkpoint import file_sha256
     from model.export import export_onnx
     from model.graph import checkpoint_beside, graph_beside
+    from model.spec import CheckpointError
 
     run_folder = source.is_dir()
     resolved = _resolve_source(source)
@@ -222,7 +223,7 @@ def export_onnx_graph(source: Path, out: Path | None = None, graph_only: bool = 
             checkpoint = paired
         elif not paired.exists() or paired.resolve() != resolved.resolve():
             if not resolved.is_file():
-                raise FileNotFoundError(f"checkpoint not found: {resolved}")
+                raise CheckpointError(f"checkpoint not found: {resolved}")
             paired.parent.mkdir(parents=True, exist_ok=True)
             tmp = paired.with_name(paired.name + ".tmp")
             shutil.copyfile(resolved, tmp)

@@ -1,7 +1,8 @@
 # GPU image of the re-id service (and of reid-train, see docker-compose.yml).
 #
 #   docker compose build            # or: docker build -t soccernet-reid:gpu .
-#   docker build --build-arg EXTRAS=cpu -t soccernet-reid:cpu .   # no GPU faiss, for CPU-only hosts
+#   docker build --build-arg EXTRAS=serve -t soccernet-reid:cpu .   # CPU-only hosts: the serving install,
+#                                                                  # onnxruntime + faiss-cpu, no torch (~0.6 GB)
 #
 # CUDA comes with the wheels, not the base image: torch and faiss each pull their CUDA runtime, cuBLAS (and
 # torch cuDNN, NCCL) as nvidia-* wheels; an nvidia/cuda base would only add an unused copy of those libraries.
@@ -13,7 +14,8 @@
 # BuildKit is needed for the pip cache mount (the default builder of Docker Engine >= 23 and of compose v2).
 FROM python:3.11-slim-bookworm
 
-# gpu: faiss-gpu (CUDA 12). cpu: faiss-cpu. Exactly one of the two (see pyproject.toml).
+# gpu: torch + faiss-gpu (CUDA 12). serve: no torch, onnxruntime + faiss-cpu, serves the checkpoint's ONNX graph
+# (model.onnx beside /models/model.safetensors). cpu: torch + faiss-cpu. Exactly one (see pyproject.toml).
 ARG EXTRAS=gpu
 # Where torch comes from: a CUDA 12 build, to match faiss-gpu's CUDA major (see above). A CPU-only image can
 # pass --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu (smaller); empty means PyPI.
@@ -43,7 +45,8 @@ COPY model/ model/
 COPY training/ training/
 COPY service/ service/
 
-# The documented (docs/getting-started.md) and CI's install step, not a second recipe: venv + torch + the project with its extras.
+# The documented (docs/getting-started.md) and CI's install step, not a second recipe: venv (+ torch unless
+# EXTRAS=serve) + the project with its extras.
 RUN --mount=type=cache,target=/root/.cache/pip \
     make install VENV=/opt/venv EXTRAS=${EXTRAS} PYTHON=python3.11 TORCH_INDEX=${TORCH_INDEX}
 
@@ -60,7 +63,8 @@ ENV VIRTUAL_ENV=/opt/venv \
 
 # Numeric, so that a runtime (Kubernetes runAsNonRoot) can tell it is not root without /etc/passwd.
 USER 10001:10001
-# /data: SQLite gallery (the source of truth; the FAISS index is rebuilt from it). /models: the checkpoint.
+# /data: SQLite gallery (the source of truth; the FAISS index is rebuilt from it). /models: the checkpoint and
+# its ONNX graph (model.safetensors + model.onnx, as reid-export --format onnx writes them).
 VOLUME ["/data", "/models"]
 EXPOSE 8000
 

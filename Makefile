@@ -6,64 +6,83 @@ EXTRAS ?= cpu,dev
 # that torch and faiss-gpu share CUDA 12 (see Dockerfile).
 TORCH_INDEX ?=
 DEMO_CHECKPOINT := artifacts/demo.safetensors
-# The default model: small, trained here on real people, committed with its model card (docs/models.md).
+# The default model: small, trained here on real people, committed with its ONNX graph and model card
+# (docs/models.md); served from the graph without torch (the `serve` extra).
 DEFAULT_CHECKPOINT := checkpoints/default.safetensors
-CHECKPOINT ?= $(DEFAULT_CHECKPOINT)
+DEFAULT_GRAPH := checkpoints/default.onnx
+CHECKPOINT ?= $(DEFAULT_GRAPH)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # `make docs` serves the documentation site here (beside the service on PORT).
 DOCS_PORT ?= 8001
-# make serve MODEL=NAME serves a pretrained model of the zoo (list: .venv/bin/reid-fetch --list) instead of the
-# default model; MODEL=demo builds and serves the synthetic-players demo.
+# make serve MODEL=demo serves the demo model (trained here on SYNTHETIC players, needs torch); MODEL=NAME a
+# pretrained model of the zoo (list: .venv/bin/reid-fetch --list). Empty: CHECKPOINT (default: the default model).
 MODEL ?=
+# The serving install: no torch, a few hundred megabytes (pyproject.toml: serve extra). `make serve` uses it
+# whenever the model ships its ONNX graph; models that still need an export (demo, zoo) use the full install.
+SERVE_VENV ?= .venv-serve
 PY := $(VENV)/bin/python
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+# torch is installed first from TORCH_INDEX for every install but the torch-free `serve` one.
+NEEDS_TORCH := $(filter-out serve,$(subst $(comma), ,$(EXTRAS)))
 # With the dev extra, the reference scorers the tests compare against (tests/training/evaluation/test_reference_scorers.py):
 # torchreid's evaluation and re-ranking, and SoccerNet's scorer without its downloader's dependencies.
 ORACLES := $(if $(findstring dev,$(EXTRAS)),$(comma)oracles)
-# What `make serve` serves, and what it may build first: the committed default model (nothing to build), the demo
-# checkpoint or a zoo download, never anything else.
-ifeq ($(strip $(MODEL)),demo)
+# What `make serve` serves, with which install, and what it may build first: the demo checkpoint or a zoo
+# download (both with the full install), never anything else.
+# Until the default model is in the checkout, plain `make serve` falls back to the demo (and says so).
+SERVE_MODEL := $(strip $(MODEL))
+DEFAULT_MISSING := $(if $(SERVE_MODEL),,$(if $(filter $(DEFAULT_GRAPH),$(CHECKPOINT)),$(if $(wildcard $(DEFAULT_GRAPH)),,yes)))
+ifeq ($(DEFAULT_MISSING),yes)
+SERVE_MODEL := demo
+endif
+ifeq ($(SERVE_MODEL),demo)
 SERVE_CHECKPOINT := $(DEMO_CHECKPOINT)
 SERVE_BUILDS := $(DEMO_CHECKPOINT)
-SERVE_NOTE := NOTE: serving the demo model, trained on SYNTHETIC players: it says nothing about real footage. \
-Without MODEL=demo, make serve serves the default model, trained on real people.
-else ifneq ($(strip $(MODEL)),)
+SERVE_WITH := $(VENV)
+SERVE_NOTE := NOTE: serving the demo model, trained on SYNTHETIC players: it says nothing about real footage.\
+$(if $(DEFAULT_MISSING), ($(DEFAULT_GRAPH) is not in this checkout, so the demo stands in for it.))
+else ifneq ($(SERVE_MODEL),)
 SERVE_CHECKPOINT := artifacts/zoo/$(MODEL).safetensors
 SERVE_BUILDS := $(SERVE_CHECKPOINT)
+SERVE_WITH := $(VENV)
 SERVE_NOTE := Serving $(MODEL) from the pretrained zoo; its provenance and licences: GET /info.
-else ifeq ($(CHECKPOINT),$(DEFAULT_CHECKPOINT))
-SERVE_CHECKPOINT := $(DEFAULT_CHECKPOINT)
-SERVE_BUILDS :=
-SERVE_NOTE := Serving the default model: trained here on real people (Market-1501 half, research use), not yet on \
-football. Model card: GET /info. Synthetic demo: make serve MODEL=demo.
-else ifeq ($(CHECKPOINT),$(DEMO_CHECKPOINT))
-SERVE_CHECKPOINT := $(DEMO_CHECKPOINT)
-SERVE_BUILDS := $(DEMO_CHECKPOINT)
-SERVE_NOTE := NOTE: serving the demo model, trained on SYNTHETIC players: it says nothing about real footage.
 else
-SERVE_CHECKPOINT := $(CHECKPOINT)
+# A checkpoint whose graph lies beside it (what reid-export --format onnx writes) is served from the graph.
+SERVE_CHECKPOINT := $(if $(and $(filter %.safetensors,$(CHECKPOINT)),$(wildcard $(basename $(CHECKPOINT)).onnx)),$(basename $(CHECKPOINT)).onnx,$(CHECKPOINT))
 SERVE_BUILDS :=
-SERVE_NOTE :=
+SERVE_WITH := $(if $(filter %.onnx,$(SERVE_CHECKPOINT)),$(SERVE_VENV),$(VENV))
+SERVE_NOTE := $(if $(filter $(DEFAULT_GRAPH),$(SERVE_CHECKPOINT)),Serving the default model: trained here on real \
+people (Market-1501 half$(comma) research use)$(comma) not yet on football. Model card: GET /info. Synthetic demo: \
+make serve MODEL=demo.)
 endif
+SERVE_NAME := $(notdir $(basename $(SERVE_CHECKPOINT)))
+SERVE_INSTALL := $(if $(filter $(SERVE_VENV),$(SERVE_WITH)),install-serve,install)
+# One gallery folder per model by default (data/default, data/demo, ...): a gallery holds one model's embeddings.
+DATA_ROOT ?= data
 
-.PHONY: install serve test lint lint-ruff lint-mypy lint-docker demo-model default-model check-checkpoint docs docs-build clean
+.PHONY: install install-serve serve test lint lint-ruff lint-mypy lint-docker demo-model default-model check-checkpoint \
+	docs docs-build clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.14.1 torchvision==0.29.1
+	$(if $(NEEDS_TORCH),$(PY) -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.14.1 torchvision==0.29.1)
 	$(PY) -m pip install -e ".[$(EXTRAS)$(ORACLES)]"
 	$(if $(ORACLES),$(PY) -m pip install --no-deps SoccerNet==0.2.0)
 	touch $@
 
 install: $(STAMP)
 
+# The torch-free serving install in its own venv (make serve uses it for a model with its ONNX graph).
+install-serve:
+	@$(MAKE) --no-print-directory install VENV=$(SERVE_VENV) EXTRAS=serve
+
 # Only the demo checkpoint is built on demand; any other CHECKPOINT must exist (a typo must not train a demo model).
 $(DEMO_CHECKPOINT): | install
-	@echo "Building the demo model from SYNTHETIC players (offline; real people: make serve MODEL=NAME)."
+	@echo "Building the demo model from SYNTHETIC players (offline, a few minutes; the default model: make serve)."
 	$(VENV)/bin/reid-demo-model --out $(DEMO_CHECKPOINT)
 
 # Downloaded (resumably, hash-checked), converted and cached by reid-fetch; offline it says how to do it by hand.
@@ -84,17 +103,20 @@ default-model: | install
 		data.root=$(DATASETS)/market_half run.out_dir=runs/default_model
 	$(VENV)/bin/reid-calibrate runs/default_model/last.safetensors --data-format cuhk03 \
 		--data-root $(DATASETS)/cuhk03/dataset/images/full --threads 1 --out $(DEFAULT_CHECKPOINT)
+	$(VENV)/bin/reid-export $(DEFAULT_CHECKPOINT) --format onnx
 
 # First prerequisite, so a missing file is reported before anything is installed or built.
 check-checkpoint:
-	@if [ -z "$(strip $(MODEL))" ] && [ "$(CHECKPOINT)" != "$(DEMO_CHECKPOINT)" ] && [ ! -f "$(CHECKPOINT)" ]; then \
-		echo "make serve: no such file: CHECKPOINT=$(CHECKPOINT) (only $(DEMO_CHECKPOINT) is built on demand)" >&2; \
+	@if [ -z "$(SERVE_MODEL)" ] && [ ! -f "$(CHECKPOINT)" ]; then \
+		echo "make serve: no such file: CHECKPOINT=$(CHECKPOINT) (only MODEL=demo is built on demand)" >&2; \
 		exit 1; \
 	fi
 
-serve: check-checkpoint install $(SERVE_BUILDS)
+# REID_DATA_DIR, REID_CHECKPOINT (and every other REID_* setting) from the environment win over these defaults.
+serve: check-checkpoint $(SERVE_INSTALL) $(SERVE_BUILDS)
 	@$(if $(SERVE_NOTE),echo "$(SERVE_NOTE)",true)
-	REID_CHECKPOINT=$${REID_CHECKPOINT:-$(SERVE_CHECKPOINT)} $(VENV)/bin/reid-serve --host $(HOST) --port $(PORT)
+	REID_CHECKPOINT=$${REID_CHECKPOINT:-$(SERVE_CHECKPOINT)} REID_DATA_DIR=$${REID_DATA_DIR:-$(DATA_ROOT)/$(SERVE_NAME)} \
+		$(SERVE_WITH)/bin/reid-serve --host $(HOST) --port $(PORT)
 
 test: install
 	$(VENV)/bin/python -m pytest -q -rs
@@ -120,4 +142,4 @@ docs-build: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) artifacts site .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SERVE_VENV) artifacts site .pytest_cache .mypy_cache .ruff_cache

@@ -19,31 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.spec import DEFAULT_INPUT_SIZE, IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-DEFAULT_INPUT_SIZE: tuple[int, int] = (256, 128)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How a crop becomes model input: resize to (height, width), scale to [0, 1], then (x - mean) / std."""
-
-    height: int
-    width: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"height": self.height, "width": self.width, "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
-        mean, std = tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"])
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError(f"preprocess mean/std must have 3 values, got {mean} / {std}")
-        return cls(int(data["height"]), int(data["width"]), mean, std)
+__all__ = ["DEFAULT_INPUT_SIZE", "IMAGENET_MEAN", "IMAGENET_STD", "Preprocess", "ReIDModel", "ReIDOutput"]
 
 
 @dataclass

@@ -13,11 +13,13 @@ the written graph against torch) are imported inside the functions, so ``model``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +29,38 @@ from torch import nn
 from model.base import ReIDModel
 from model.bilinear import CompactBilinearPooling
 from model.checkpoint import METADATA_KEY, CheckpointSpec
+from model.graph import (
+    EXPORT_VERSION,
+    EXPORT_VERSION_KEY,
+    FINGERPRINT_KEY,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SPECTRAL_KEY,
+    spec_from_metadata,
+)
 
 logger = logging.getLogger(__name__)
 
-# Bumped whenever the exported graph changes for the same checkpoint (wrapper, opset, DFT formulation), so a
-# graph cached by an older version is never served by a newer one.
-EXPORT_VERSION = 1
+# The graph's names and metadata keys live in model/graph.py (torch-free, read by the service); re-exported here.
+__all__ = [
+    "EXPORT_VERSION",
+    "EXPORT_VERSION_KEY",
+    "FINGERPRINT_KEY",
+    "INPUT_NAME",
+    "MIN_COSINE",
+    "OPSET",
+    "OUTPUT_NAME",
+    "SPECTRAL_KEY",
+    "OnnxExportError",
+    "export_onnx",
+    "graph_metadata",
+    "read_onnx_metadata",
+    "spec_from_metadata",
+    "verify_onnx",
+]
+
 # DFT (used by pose_bilinear's Tensor Sketch when exported in "dft" form) needs opset >= 17.
 OPSET = 18
-INPUT_NAME = "crops"
-OUTPUT_NAME = "embeddings"
-EXPORT_VERSION_KEY = "soccernet_reid_onnx_export_version"
-FINGERPRINT_KEY = "soccernet_reid_checkpoint_sha256"
-SPECTRAL_KEY = "soccernet_reid_sketch_spectral"
 # Minimum cosine between torch's and the graph's embeddings for a written graph to be accepted.
 MIN_COSINE = 0.9999
 
@@ -113,7 +134,7 @@ def export_onnx(
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_exporter():
             # The exporter warns about things that do not concern this graph (e.g. deprecated helpers it uses).
             warnings.simplefilter("ignore")
             program: Any = torch.onnx.export(
@@ -163,6 +184,22 @@ def export_onnx(
     return out
 
 
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """torch's exporter logs each of its passes at INFO through onnxscript and onnx_ir (40-odd lines per
+    export); nobody exporting a model or starting the service needs them. Warnings still show."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
+    previous = [target.level for target in loggers]
+    for target in loggers:
+        if target.getEffectiveLevel() < logging.WARNING:
+            target.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for target, level in zip(loggers, previous, strict=True):
+            target.setLevel(level)
+
+
 def _save_proto(proto: Any, path: Path) -> None:
     import onnx
 
@@ -199,10 +236,3 @@ def read_onnx_metadata(path: Path) -> dict[str, str]:
 
     proto = onnx.load_model(str(path), load_external_data=False)
     return {entry.key: entry.value for entry in proto.metadata_props}
-
-
-def spec_from_metadata(metadata: dict[str, str], source: str = "onnx graph") -> CheckpointSpec:
-    """The checkpoint spec carried by an exported graph."""
-    if METADATA_KEY not in metadata:
-        raise OnnxExportError(f"{source}: carries no {METADATA_KEY} metadata (not exported by this project)")
-    return CheckpointSpec.from_dict(json.loads(metadata[METADATA_KEY]), source=source)

@@ -1,6 +1,6 @@
 """The FastAPI application: ``create_app(settings)`` for tests and embedding, ``app`` for uvicorn.
 
-    REID_CHECKPOINT=artifacts/demo.safetensors uvicorn service.app:app --port 8000
+    REID_CHECKPOINT=checkpoints/default.onnx uvicorn service.app:app --port 8000
 
 Nothing heavy happens at import: the model, the store, the indexes and the batcher are built in the lifespan
 (settings are read from the environment there when none were given) and kept on ``app.state.reid``.
@@ -16,12 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
 from fastapi import FastAPI
 from PIL import Image
 
-from model.checkpoint import file_sha256
+from model.commands import command
 from service.core.errors import install_error_handlers
 from service.core.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.core.settings import Settings
@@ -29,9 +29,9 @@ from service.core.version import VERSION
 from service.gallery.base import Gallery
 from service.gallery.batched_search import BatchedSearch
 from service.gallery.factory import open_gallery
-from service.gallery.local.store import FingerprintMismatchError
+from service.gallery.local.store import StoreError
 from service.gallery.milvus.backend import MilvusUnreachableError, ModelMismatchError
-from service.http.deps import ServiceState, ThresholdPolicy
+from service.http.deps import ServiceState, ThresholdPolicy, ThresholdSource
 from service.http.docs import install_docs
 from service.http.pages import install_ui
 from service.http.routes import api_router, health_router
@@ -40,6 +40,7 @@ from service.http.upload_limit import UploadLimitMiddleware
 from service.inference.batching import DynamicBatcher
 from service.inference.embedder import Embedder
 from service.inference.imaging import ImageLimits
+from service.inference.runtime import ServingSetupError
 
 logger = logging.getLogger(__name__)
 
@@ -56,17 +57,22 @@ The same features for people, in the browser: [/ui](/ui).
 
 
 def threshold_policy(
-    settings: Settings, checkpoint_threshold: float | None, by_size: dict[str, float] | None = None
+    settings: Settings,
+    checkpoint_threshold: float | None,
+    by_size: dict[str, float] | None = None,
+    card: dict[str, Any] | None = None,
 ) -> ThresholdPolicy:
-    """REID_THRESHOLD (``setting``) wins over the checkpoint's calibrated values (``calibrated``), which win over
-    REID_DEFAULT_THRESHOLD (``default``). The checkpoint's per-size thresholds apply only with its own calibration
-    (a setting serves every size)."""
+    """REID_THRESHOLD (``setting``) wins over the checkpoint's values, which win over REID_DEFAULT_THRESHOLD
+    (``default``). The checkpoint's are ``calibrated`` when a calibration card records how (``card``, see
+    CheckpointSpec.calibration_card), else ``checkpoint``. Its per-size thresholds apply only with its own
+    values (a setting serves every size)."""
     if settings.threshold is not None:
         return ThresholdPolicy(settings.threshold, "setting", checkpoint_threshold)
+    source: ThresholdSource = "calibrated" if card else "checkpoint"
     if checkpoint_threshold is not None:
-        return ThresholdPolicy(float(checkpoint_threshold), "calibrated", checkpoint_threshold, dict(by_size or {}))
+        return ThresholdPolicy(float(checkpoint_threshold), source, checkpoint_threshold, dict(by_size or {}))
     if by_size:
-        return ThresholdPolicy(settings.default_threshold, "calibrated", None, dict(by_size))
+        return ThresholdPolicy(settings.default_threshold, source, None, dict(by_size))
     return ThresholdPolicy(settings.default_threshold, "default", None)
 
 
@@ -77,12 +83,15 @@ def warn_if_uncalibrated(checkpoint: Path, policy: ThresholdPolicy) -> None:
     in_use = "REID_THRESHOLD" if policy.source == "setting" else "the built-in REID_DEFAULT_THRESHOLD"
     logger.warning(
         "%s carries no calibrated threshold: `match` uses %s = %.3f, which may name a wrong person for "
-        "people who were never registered; calibrate it with `reid-calibrate %s --data-format ... "
-        "--data-root ... --out NEW.safetensors`",
+        "people who were never registered; calibrate it on labelled crops of your own (the full install): "
+        "`%s %s --data-format cuhk03 --data-root YOUR_CROPS --out %s` (formats: %s --help)",
         checkpoint.name,
         in_use,
         policy.value,
-        checkpoint.name,
+        command("reid-calibrate"),
+        checkpoint,
+        checkpoint.with_name(checkpoint.stem + "_calibrated.safetensors"),
+        command("reid-calibrate"),
     )
 
 
@@ -97,30 +106,29 @@ class _Startup:
 async def _load_model(settings: Settings) -> tuple[Embedder, str, ThresholdPolicy]:
     """Checkpoint -> warmed-up embedder, its fingerprint and the threshold policy."""
     if settings.checkpoint is None:
-        raise RuntimeError("REID_CHECKPOINT is not set: point it at a .safetensors checkpoint")
+        raise ServingSetupError("REID_CHECKPOINT is not set: point it at a .safetensors checkpoint or its .onnx graph")
     checkpoint = Path(settings.checkpoint)
-    if not checkpoint.is_file():
-        raise RuntimeError(f"REID_CHECKPOINT={checkpoint} does not exist")
     # Pillow's own bomb guard (process-wide) follows the configured limit; decode_crop also checks explicitly.
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
-    if settings.torch_threads is not None:
-        torch.set_num_threads(settings.torch_threads)
 
-    fingerprint = await asyncio.to_thread(file_sha256, checkpoint)
     embedder = await asyncio.to_thread(
         Embedder.from_checkpoint,
         checkpoint,
         settings.device,
         settings.runtime,
-        fingerprint=fingerprint,
         cache_dir=settings.onnx_cache_path,
         threads=settings.torch_threads,
     )
-    policy = threshold_policy(settings, embedder.spec.threshold, embedder.spec.thresholds)
+    if settings.torch_threads is not None and embedder.runtime.name == "torch":
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    spec = embedder.spec
+    policy = threshold_policy(settings, spec.threshold, spec.thresholds, spec.calibration_card())
     warn_if_uncalibrated(checkpoint, policy)
     warmup_sizes = sorted({1, settings.max_batch_size})[: settings.warmup_batches]
     await asyncio.to_thread(embedder.warm_up, warmup_sizes)
-    return embedder, fingerprint, policy
+    return embedder, embedder.fingerprint, policy
 
 
 async def _open(
@@ -132,15 +140,14 @@ async def _open(
     stop: threading.Event,
 ) -> Gallery:
     on_gpu = embedder.device.type == "cuda"
-    # FAISS follows REID_DEVICE: cuda:N puts the GPU indexes on device N (plain "cuda" is torch's current one).
-    gpu_device = (
-        (embedder.device.index if embedder.device.index is not None else torch.cuda.current_device()) if on_gpu else 0
-    )
+    # FAISS follows REID_DEVICE: cuda:N puts the GPU indexes on device N (resolved with an index at start-up).
+    gpu_device = (embedder.device.index or 0) if on_gpu else 0
     try:
         return await asyncio.to_thread(
             open_gallery, settings, embedder.embedding_dim, fingerprint, on_gpu, metrics, gpu_device, wait, stop
         )
-    except (FingerprintMismatchError, ModelMismatchError) as exc:
+    except (StoreError, ModelMismatchError) as exc:
+        # The message names the fix; reid-serve drops the traceback uvicorn would print after it.
         logger.critical("refusing to start: %s", exc)
         raise
 
@@ -204,7 +211,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     startup = _Startup(waiting="loading the model")
     app.state.startup = startup
     metrics: ServiceMetrics = app.state.metrics
-    embedder, fingerprint, policy = await _load_model(settings)
+    try:
+        embedder, fingerprint, policy = await _load_model(settings)
+    except ServingSetupError as exc:
+        logger.critical("refusing to start: %s", exc)
+        raise
     stop = threading.Event()
     opener: asyncio.Task[None] | None = None
     try:

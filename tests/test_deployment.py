@@ -228,7 +228,9 @@ def test_image_installs_through_the_makefile_install_target(docker: list[tuple[s
 
     # README -> Makefile -> image: the README's commands both go through `install`, CI runs it first.
     rules = makefile_targets(makefile)
-    assert "install" in rules["serve"][0] and "install" in rules["test"][0]
+    # serve installs through SERVE_INSTALL: `install`, or `install-serve` (the same target, EXTRAS=serve).
+    assert "$(SERVE_INSTALL)" in rules["serve"][0] and "install" in rules["test"][0]
+    assert "$(MAKE) --no-print-directory install VENV=$(SERVE_VENV) EXTRAS=serve" in makefile
     readme = README.read_text()
     assert "make serve" in readme and "make test" in readme
     ci = [line.strip() for line in CI_SCRIPT.read_text().splitlines()]
@@ -450,7 +452,7 @@ def test_cpu_override_replaces_the_gpu_service_with_a_mirror(base: dict, cpu: di
     assert len(started) == 1
     ((name, replacement),) = started.items()
     assert not gpu_devices(replacement) and "deploy" not in replacement
-    assert replacement["build"]["args"]["EXTRAS"] == "cpu"
+    assert replacement["build"]["args"]["EXTRAS"] == "serve", "the CPU image is the torch-free serving install"
     assert replacement["image"] != gpu_service["image"], "CPU and GPU images must not share a tag"
     assert "reid" in replacement["networks"]["default"]["aliases"], "Prometheus scrapes reid:8000"
 

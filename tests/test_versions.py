@@ -56,7 +56,9 @@ def test_image_label_and_changelog_name_the_version() -> None:
 def test_licence_is_stated_once_and_agrees() -> None:
     licence = (ROOT / "LICENSE").read_text()
     assert licence.startswith("MIT License")
-    assert PYPROJECT["project"]["license"] == {"text": "MIT"}
+    # PEP 639: an SPDX expression and the licence file (the table form stops working in setuptools in 2027).
+    assert PYPROJECT["project"]["license"] == "MIT"
+    assert PYPROJECT["project"]["license-files"] == ["LICENSE"]
     assert 'org.opencontainers.image.licenses="MIT"' in (ROOT / "Dockerfile").read_text()
 
 

@@ -193,15 +193,55 @@ def export_for_serving(source: Path, out: Path, extra_meta: dict[str, Any] | Non
     return {"source": str(source), "out": str(out), "threshold": spec.threshold, "metrics": spec.metrics}
 
 
-def export_onnx_graph(source: Path, out: Path) -> dict[str, Any]:
-    """Write the ONNX graph of a checkpoint (or a run folder's best/last one), as the service exports it."""
+def export_onnx_graph(source: Path, out: Path | None = None, graph_only: bool = False) -> dict[str, Any]:
+    """Write a checkpoint's ONNX graph (the model card and the checkpoint's sha256 in its metadata) and, beside
+    it, the checkpoint it belongs to, so the pair travels together and serves without torch.
+
+    ``source`` is a checkpoint or a run folder (its best/last checkpoint, exported for serving first, as the
+    safetensors format does). ``out`` (default: the checkpoint's own name with .onnx) names the graph; the
+    checkpoint goes beside it under the same name with .safetensors, copied byte for byte (same fingerprint)
+    unless it is already there. ``graph_only`` writes the graph alone (e.g. into a cache keyed by fingerprint).
+    """
+    import shutil
+
     from model.checkpoint import file_sha256
     from model.export import export_onnx
+    from model.graph import checkpoint_beside, graph_beside
+    from model.spec import CheckpointError
 
-    source = _resolve_source(source)
-    model, spec = load_checkpoint(source)
-    export_onnx(model, spec, out, fingerprint=file_sha256(source))
-    return {"source": str(source), "out": str(out), "architecture": spec.architecture, "format": "onnx"}
+    run_folder = source.is_dir()
+    resolved = _resolve_source(source)
+    if out is None:
+        if run_folder:
+            raise ValueError(f"{source} is a run folder: name the graph with --out NAME.onnx")
+        out = graph_beside(resolved)
+    if out.suffix != ".onnx":
+        raise ValueError(f"--out {out}: an ONNX graph's name ends in .onnx")
+    checkpoint = resolved
+    if not graph_only:
+        paired = checkpoint_beside(out)
+        if run_folder:
+            export_for_serving(resolved, paired)
+            checkpoint = paired
+        elif not paired.exists() or paired.resolve() != resolved.resolve():
+            if not resolved.is_file():
+                raise CheckpointError(f"checkpoint not found: {resolved}")
+            paired.parent.mkdir(parents=True, exist_ok=True)
+            tmp = paired.with_name(paired.name + ".tmp")
+            shutil.copyfile(resolved, tmp)
+            tmp.replace(paired)
+            checkpoint = paired
+    model, spec = load_checkpoint(checkpoint)
+    fingerprint = file_sha256(checkpoint)
+    export_onnx(model, spec, out, fingerprint=fingerprint)
+    return {
+        "source": str(source),
+        "graph": str(out),
+        "checkpoint": None if graph_only else str(checkpoint),
+        "sha256": fingerprint,
+        "architecture": spec.architecture,
+        "format": "onnx",
+    }
 
 
 def _resolve_source(source: Path) -> Path:
@@ -215,22 +255,40 @@ def _resolve_source(source: Path) -> Path:
 
 
 def export_main(argv: list[str] | None = None) -> int:
-    """reid-export RUN_DIR_OR_CHECKPOINT --out DST [--format safetensors|onnx]"""
-    parser = argparse.ArgumentParser(prog="reid-export", description="Make a serving checkpoint from a run.")
+    """reid-export RUN_DIR_OR_CHECKPOINT --out DST [--format safetensors|onnx]
+
+    reid-export checkpoints/mine.safetensors --format onnx      # writes checkpoints/mine.onnx beside it
+    reid-export runs/x --format onnx --out models/x.onnx        # models/x.safetensors + models/x.onnx
+    """
+    parser = argparse.ArgumentParser(
+        prog="reid-export",
+        description="Make a serving checkpoint from a run, or the ONNX graph that serves a checkpoint without torch.",
+    )
     parser.add_argument("source", type=Path, help="run folder or checkpoint")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="safetensors: the serving checkpoint (required). onnx: the graph, NAME.onnx (default: beside the "
+        "checkpoint); the checkpoint is written beside it as NAME.safetensors, so the two travel together",
+    )
     parser.add_argument(
         "--format",
         choices=["safetensors", "onnx"],
         default="safetensors",
         help="safetensors: serving checkpoint (classifier dropped); onnx: uint8 crops -> unit embeddings graph, "
-        "model card in its metadata, checked against torch",
+        "model card and the checkpoint's sha256 in its metadata, checked against torch",
+    )
+    parser.add_argument(
+        "--graph-only", action="store_true", help="onnx: write the graph alone, not the checkpoint beside it"
     )
     args = parser.parse_args(argv)
     _setup_logging()
     if args.format == "onnx":
-        print(json.dumps(export_onnx_graph(args.source, args.out), indent=2))
+        print(json.dumps(export_onnx_graph(args.source, args.out, args.graph_only), indent=2))
     else:
+        if args.out is None:
+            parser.error("--out is required with --format safetensors")
         print(json.dumps(export_for_serving(args.source, args.out), indent=2))
     return 0
 

@@ -2,7 +2,7 @@
 
 Example::
 
-    REID_CHECKPOINT=artifacts/demo.safetensors REID_DATA_DIR=/var/lib/reid REID_API_KEY=secret \
+    REID_CHECKPOINT=checkpoints/default.onnx REID_DATA_DIR=/var/lib/reid REID_API_KEY=secret \
         uvicorn service.app:app --port 8000
 """
 
@@ -31,12 +31,14 @@ class Settings(BaseSettings):
 
     checkpoint: Path | None = Field(
         default=None,
-        description="Model checkpoint (.safetensors written by model.save_checkpoint); `make serve` passes "
-        "artifacts/demo.safetensors.",
+        description="The model: a .safetensors checkpoint (model.save_checkpoint), or the .onnx graph that "
+        "reid-export --format onnx writes beside it (served without torch); `make serve` passes "
+        "checkpoints/default.onnx.",
     )
     data_dir: Path = Field(
         default=Path("./data"),
-        description="Folder of the SQLite gallery (gallery.sqlite3), index snapshots and ONNX cache.",
+        description="Folder of the SQLite gallery (gallery.sqlite3) and index snapshots: one per model (`make serve` "
+        "passes data/<model name>).",
     )
     gallery_backend: str = Field(
         default="local",
@@ -84,14 +86,16 @@ class Settings(BaseSettings):
     )
     runtime: str = Field(
         default="auto",
-        description="auto: onnxruntime on the CPU where the architecture exports (else torch, with one warning "
-        "saying why), torch on CUDA; torch; or onnxruntime (start-up fails if it cannot serve). /info says which "
-        "runtime serves and why.",
+        description="auto: onnxruntime on the CPU from the graph shipped beside the checkpoint, else from one "
+        "exported at the first start where the architecture exports (else torch, with one warning saying why), "
+        "torch on CUDA; torch; or onnxruntime (start-up fails if it cannot serve). /info says which runtime "
+        "serves and why.",
     )
     onnx_cache_dir: Path | None = Field(
         default=None,
-        description="Folder of exported ONNX graphs, named by the checkpoint's sha256 (default: "
-        "REID_DATA_DIR/onnx); exported at the first start, loaded by later ones.",
+        description="Folder of exported ONNX graphs, named by the checkpoint's sha256, shared by every data folder "
+        "(default: the user's cache folder, e.g. ~/.cache/soccernet-reid/onnx); exported at the first start, "
+        "loaded by later ones.",
     )
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="Largest inference batch (crops).")
     max_delay_ms: float = Field(
@@ -206,8 +210,13 @@ class Settings(BaseSettings):
 
     @property
     def onnx_cache_path(self) -> Path:
-        """Where exported ONNX graphs are cached."""
-        return self.onnx_cache_dir if self.onnx_cache_dir is not None else self.data_dir / "onnx"
+        """Where exported ONNX graphs are cached: keyed by the checkpoint's sha256, so one cache serves every
+        REID_DATA_DIR (a new data folder does not export the same graph again)."""
+        if self.onnx_cache_dir is not None:
+            return self.onnx_cache_dir
+        from platformdirs import user_cache_dir
+
+        return Path(user_cache_dir("soccernet-reid", appauthor=False)) / "onnx"
 
     @property
     def database_path(self) -> Path:

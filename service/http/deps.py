@@ -27,13 +27,13 @@ from service.inference.imaging import ImageLimits
 
 logger = logging.getLogger(__name__)
 
-ThresholdSource = Literal["calibrated", "default", "setting"]
+ThresholdSource = Literal["calibrated", "checkpoint", "default", "setting"]
 
 
 @dataclass(frozen=True)
 class ThresholdPolicy:
-    """The default match threshold and where it came from (setting > calibrated > default), and the checkpoint's
-    thresholds per query size bucket (used only when the threshold comes from the checkpoint)."""
+    """The default match threshold and where it came from (setting > calibrated or checkpoint > default), and the
+    checkpoint's thresholds per query size bucket (used only when the threshold comes from the checkpoint)."""
 
     value: float
     source: ThresholdSource

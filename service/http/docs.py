@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import fastapi_offline
 from fastapi import FastAPI
@@ -52,12 +53,50 @@ def assets_version() -> str:
         return "unknown"
 
 
+def mark_uploads_binary(schema: Any) -> int:
+    """Add ``format: binary`` to every string schema with a ``contentMediaType`` (an uploaded file), in place;
+    returns how many.
+
+    FastAPI writes an UploadFile as OAS 3.1 wants it, ``{"type": "string", "contentMediaType": ...}``. Swagger UI
+    5 shows a file picker for such a property, but not for the items of an array of them (POST /gallery and
+    POST /query take ``files`` as an array): its array widget looks for ``format: binary`` (the OAS 3.0 way),
+    and without it renders text boxes whose text the server then refuses. Both keywords together are valid
+    OAS 3.1 and give every viewer what it looks for.
+    """
+    count = 0
+    if isinstance(schema, dict):
+        if schema.get("type") == "string" and "contentMediaType" in schema and "format" not in schema:
+            schema["format"] = "binary"
+            count += 1
+        for value in schema.values():
+            count += mark_uploads_binary(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            count += mark_uploads_binary(value)
+    return count
+
+
+def install_openapi_uploads(app: FastAPI) -> None:
+    """Serve the OpenAPI document with uploads marked binary (see mark_uploads_binary), built once."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            mark_uploads_binary(schema.get("components", {}))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_docs(app: FastAPI) -> None:
     """Add GET /docs (Swagger UI) and GET /redoc (ReDoc), local assets only, to an app created with
     ``docs_url=None, redoc_url=None``."""
     if not (ASSETS_DIR / "swagger-ui-bundle.js").is_file():
         raise RuntimeError(f"Swagger UI assets missing in {ASSETS_DIR}: reinstall fastapi-offline")
     app.mount(STATIC_URL, StaticFiles(directory=ASSETS_DIR), name="docs-static")
+    install_openapi_uploads(app)
     oauth2_redirect_url = f"{DOCS_URL}/oauth2-redirect"
     openapi_url = app.openapi_url or "/openapi.json"
 

@@ -18,6 +18,7 @@ import orjson
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BeforeValidator, Field
 
 from service.core.errors import ImageError, NotFoundError, NotReadyError, OverloadedError, ServiceError
 from service.core.headers import IMAGE_CSP
@@ -54,8 +55,37 @@ MAX_METADATA_BYTES = 16 * 1024
 MAX_OFFSET = 2**53
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorResponse} for code in codes}
+# One example body per status, as the service really answers it (files are counted from #0).
+ERROR_EXAMPLES: dict[int, dict[str, str]] = {
+    400: {"error": "invalid_image", "detail": "file #0 ('crop.png'): the image data is truncated or corrupt"},
+    401: {"error": "unauthorized", "detail": "missing or wrong API key (X-API-Key or Authorization: Bearer)"},
+    404: {"error": "collection_not_found", "detail": "collection 'match-2024-05-12' does not exist"},
+    413: {"error": "too_many_files", "detail": "80 files sent, at most 64 per request"},
+    415: {"error": "unsupported_media_type", "detail": "file #0 ('crop.gif'): not a JPEG, PNG or WebP image"},
+    422: {"error": "validation_error", "detail": "body.files: Field required"},
+    500: {"error": "internal_error", "detail": "internal server error"},
+    507: {
+        "error": "insufficient_storage",
+        "detail": "the disk holding the gallery is full (SQLite: database or disk is full) while registering 2 "
+        "items; nothing was changed and everything registered before is kept: free disk space, then retry",
+    },
+    503: {
+        "error": "overloaded",
+        "detail": "inference queue full (1020 of 1024 crops waiting, this request adds 8); retry later",
+    },
+}
+
+
+_ITEM_404 = {404: {"error": "item_not_found", "detail": "no gallery item with id 3f1c2a9e-7b4d-4e8a-9c0f-2d6b5a1e8f70"}}
+
+
+def _errors(*codes: int, examples: dict[int, dict[str, str]] | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for error ``codes``: the shared ErrorResponse shape, each with its own example
+    (``examples`` overrides ERROR_EXAMPLES for one operation)."""
+    chosen = {**ERROR_EXAMPLES, **(examples or {})}
+    return {
+        code: {"model": ErrorResponse, "content": {"application/json": {"example": chosen[code]}}} for code in codes
+    }
 
 
 health_router = APIRouter(tags=["health"])
@@ -76,6 +106,11 @@ CollectionForm = Annotated[
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _blank_is_none(value: Any) -> Any:
+    """An optional form field left empty: HTML forms send "", Swagger UI's Try it out sends "null"."""
+    return None if isinstance(value, str) and value.strip() in ("", "null") else value
 
 
 def _check_file_count(state: ServiceState, files: list[UploadFile]) -> None:
@@ -247,7 +282,9 @@ async def healthz(request: Request) -> HealthResponse:
 @health_router.get(
     "/readyz",
     response_model=HealthResponse,
-    responses=_errors(503),
+    responses=_errors(
+        503, examples={503: {"error": "not_ready", "detail": "model or index not ready yet"}}
+    ),
     summary="Readiness: model loaded and warmed up, indexes rebuilt",
 )
 async def readyz(request: Request) -> HealthResponse:
@@ -271,7 +308,30 @@ async def readyz(request: Request) -> HealthResponse:
     status_code=201,
     response_model=GalleryAddResponse,
     tags=["gallery"],
-    responses={**_errors(400, 413, 415, 422, 507), 409: {"model": DuplicateErrorResponse}},
+    responses={
+        **_errors(
+            400,
+            413,
+            415,
+            422,
+            507,
+            examples={422: {"error": "label_count_mismatch", "detail": "1 labels for 2 files: send one `labels` "
+                            "field per file"}},
+        ),
+        409: {
+            "model": DuplicateErrorResponse,
+            "content": {
+                "application/json": {
+                    "example": {
+                        "error": "duplicate_crop",
+                        "detail": "in collection 'match-2024-05-12': file #0 is already item "
+                        "3f1c2a9e-7b4d-4e8a-9c0f-2d6b5a1e8f70; nothing was registered",
+                        "duplicates": [{"file": 0, "id": "3f1c2a9e-7b4d-4e8a-9c0f-2d6b5a1e8f70"}],
+                    }
+                }
+            },
+        },
+    },
     summary="Register crops (all or nothing)",
     description=(
         "Registers every file or none. The same crop bytes (by SHA-256) cannot be registered twice in one "
@@ -294,8 +354,11 @@ async def add_to_gallery(
     metadata: Annotated[
         list[str] | None,
         Form(
-            description="Optional JSON object per file (one field per file, in file order).",
-            examples=[['{"frame": 1532, "camera": "main"}']],
+            description='Optional JSON object per file (one field per file, in file order), e.g. '
+            '`{"frame": 1532, "camera": "main"}`.',
+            # Empty on purpose: /docs pre-fills fields from the example, and one sample value would not match
+            # the number of files a user picks.
+            examples=[[]],
         ),
     ] = None,
 ) -> GalleryAddResponse:
@@ -376,7 +439,7 @@ ItemIdPath = Annotated[UUID, Path(description="Gallery item id.", examples=["3f1
     "/gallery/{item_id}",
     response_model=GalleryItemDetail,
     tags=["gallery"],
-    responses=_errors(404, 422),
+    responses=_errors(404, 422, examples=_ITEM_404),
     summary="One gallery item",
 )
 async def get_gallery_item(state: StateDep, item_id: ItemIdPath) -> GalleryItemDetail:
@@ -390,7 +453,10 @@ async def get_gallery_item(state: StateDep, item_id: ItemIdPath) -> GalleryItemD
     "/gallery/{item_id}/image",
     tags=["gallery"],
     response_class=Response,
-    responses={**_errors(404, 422), 200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+    responses={
+        **_errors(404, 422, examples=_ITEM_404),
+        200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+    },
     summary="The crop registered for an item, exactly as uploaded",
     description="Served as the image type its bytes decode as (JPEG, PNG or WebP, never another type), with "
     "`Content-Security-Policy: sandbox` and `Content-Disposition: inline`, so a browser shows it only as an "
@@ -422,7 +488,7 @@ async def get_gallery_image(state: StateDep, item_id: ItemIdPath) -> Response:
     "/gallery/{item_id}",
     response_model=DeletedItem,
     tags=["gallery"],
-    responses=_errors(404, 422, 507),
+    responses=_errors(404, 422, 507, examples=_ITEM_404),
     summary="Delete one gallery item",
 )
 async def delete_gallery_item(state: StateDep, item_id: ItemIdPath) -> DeletedItem:
@@ -485,15 +551,21 @@ async def query(
     collection: CollectionForm,
     top_k: Annotated[int, Form(ge=1, le=1000, description="Matches returned per crop.", examples=[10])] = 10,
     threshold: Annotated[
-        float | None,
-        Form(ge=-1.0, le=1.0, description="Override of the match threshold (cosine, -1..1).", examples=[0.6]),
+        Annotated[float, Field(ge=-1.0, le=1.0)] | None,
+        BeforeValidator(_blank_is_none),
+        Form(
+            description="Override of the match threshold (cosine, -1..1), e.g. 0.6; empty: the calibrated one "
+            "(GET /info).",
+            # null, so /docs leaves the field empty (without an example it pre-fills the minimum, -1).
+            examples=[None],
+        ),
     ] = None,
     tracklets: Annotated[
         list[str] | None,
         Form(
             description="Optional tracklet per file (one field per file, in file order): files sharing a value are "
-            "pooled into one query, answered once, in order of first appearance.",
-            examples=[["track-12"]],
+            "pooled into one query, answered once, in order of first appearance (e.g. `track-12`).",
+            examples=[[]],  # empty for /docs, as metadata above
         ),
     ] = None,
 ) -> Response:
@@ -544,7 +616,7 @@ async def info(state: StateDep) -> InfoResponse:
         threshold_source=state.threshold.source,
         checkpoint_threshold=state.threshold.checkpoint_value,
         thresholds_by_size=dict(state.threshold.by_size),
-        calibration=dict(spec.calibration) or None,
+        calibration=spec.calibration_card(),
         device=embedder.device,
         autocast=embedder.autocast,
         runtime=embedder.runtime,

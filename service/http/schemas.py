@@ -20,7 +20,7 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="Stable machine-readable code.", examples=["unsupported_media_type"])
     detail: str = Field(
         description="What went wrong, for humans.",
-        examples=["file #1 ('crop.gif'): not a JPEG, PNG or WebP image"],
+        examples=["file #0 ('crop.gif'): not a JPEG, PNG or WebP image"],
     )
 
 
@@ -157,9 +157,11 @@ class InfoResponse(BaseModel):
         min_length=2, max_length=2, description="Model input [height, width] in pixels.", examples=[[256, 128]]
     )
     threshold: float = Field(description="Default match threshold in use.", examples=[0.55])
-    threshold_source: Literal["calibrated", "default", "setting"] = Field(
-        description="Where it comes from: `calibrated` (the checkpoint's, see `calibration`), `setting` "
-        "(REID_THRESHOLD) or `default` (REID_DEFAULT_THRESHOLD: the checkpoint carries none, run reid-calibrate).",
+    threshold_source: Literal["calibrated", "checkpoint", "default", "setting"] = Field(
+        description="Where it comes from: `calibrated` (the checkpoint's, measured as `calibration` records), "
+        "`checkpoint` (stored in the checkpoint without a record of how it was chosen: run reid-calibrate), "
+        "`setting` (REID_THRESHOLD) or `default` (REID_DEFAULT_THRESHOLD: the checkpoint carries none, run "
+        "reid-calibrate).",
         examples=["calibrated"],
     )
     checkpoint_threshold: float | None = Field(
@@ -172,8 +174,9 @@ class InfoResponse(BaseModel):
     )
     calibration: dict[str, Any] | None = Field(
         default=None,
-        description="Model card of the checkpoint's threshold written by reid-calibrate: objective, data, "
-        "collections, measured precision and recall; null when the checkpoint has none.",
+        description="Model card of the checkpoint's threshold: objective, data, measured precision and recall, "
+        "written by reid-calibrate (or by reid-train: best F1 on its validation split); null when the checkpoint "
+        "has none.",
         examples=[
             {
                 "objective": "highest recall with precision of returned matches >= 0.9",

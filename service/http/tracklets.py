@@ -42,7 +42,8 @@ def parse_tracklets(raw: list[str] | None, count: int) -> list[QueryGroup]:
     """Validate the ``tracklets`` field and group the file indices, in order of first appearance.
 
     Args:
-        raw: the form values (None or empty when the field was not sent).
+        raw: the form values (None or empty when the field was not sent; one empty value, what an HTML form
+            and /docs send for an empty optional field, counts as not sent).
         count: number of uploaded files.
 
     Returns:
@@ -51,7 +52,7 @@ def parse_tracklets(raw: list[str] | None, count: int) -> list[QueryGroup]:
     Raises:
         ServiceError 422 ``tracklet_count_mismatch`` or ``invalid_tracklet``.
     """
-    if not raw:
+    if not raw or raw == [""]:
         return [QueryGroup(None, (i,)) for i in range(count)]
     if len(raw) != count:
         raise ServiceError(

@@ -13,12 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from model import CheckpointSpec
-from model.checkpoint import file_sha256
-from model.device import resolve_device
-from service.inference.runtime import EmbeddingRuntime, load_runtime
+from model.spec import CheckpointSpec
+from service.inference.runtime import EmbeddingRuntime, ServingDevice, load_runtime, resolve_serving_device
 
 logger = logging.getLogger(__name__)
 
@@ -42,19 +39,23 @@ class Embedder:
         self,
         runtime: EmbeddingRuntime,
         spec: CheckpointSpec,
-        device: torch.device,
+        device: ServingDevice,
         checkpoint: str = "",
         runtime_reason: str = "",
+        fingerprint: str = "",
     ) -> None:
         self.runtime = runtime
         self.runtime_reason = runtime_reason or runtime.name
         self.spec = spec
         self.device = device
         self.checkpoint = checkpoint
+        # sha256 of the checkpoint file (from the graph's metadata when only the graph was given): the model's
+        # identity for the gallery and the ONNX cache.
+        self.fingerprint = fingerprint
         self.input_size: tuple[int, int] = (spec.preprocess.height, spec.preprocess.width)
         self.embedding_dim = int(spec.embedding_dim)
         # What autocast_for uses on this device under torch, reported by /info.
-        self._autocast_dtype = torch.bfloat16 if device.type == "cuda" and runtime.name == "torch" else None
+        self._autocast = "bfloat16" if device.type == "cuda" and runtime.name == "torch" else None
 
     @classmethod
     def from_checkpoint(
@@ -67,19 +68,17 @@ class Embedder:
         cache_dir: Path | None = None,
         threads: int | None = None,
     ) -> Embedder:
-        """Load ``path`` with ``runtime`` (auto | torch | onnxruntime, see service/inference/runtime.py) on the device.
+        """Load ``path`` (a .safetensors checkpoint, or the .onnx graph that travels with it) with ``runtime``
+        (auto | torch | onnxruntime, see service/inference/runtime.py) on the device.
 
-        ``fingerprint`` (sha256 of the file, computed when not given) and ``cache_dir`` (the service passes
-        REID_ONNX_CACHE_DIR, default REID_DATA_DIR/onnx) locate the cached ONNX graph; torch needs neither.
+        ``fingerprint`` (sha256 of the checkpoint, computed when not given) and ``cache_dir`` (the service passes
+        REID_ONNX_CACHE_DIR, default: the user's cache folder) locate a cached ONNX graph; torch needs neither.
         """
-        device = resolve_device(device_name)
-        if runtime != "torch":
-            if fingerprint is None:
-                fingerprint = file_sha256(path)
-            if cache_dir is None:
-                raise ValueError(f"runtime {runtime!r} needs a cache_dir for the exported graph")
+        device = resolve_serving_device(device_name)
+        if runtime != "torch" and cache_dir is None:
+            raise ValueError(f"runtime {runtime!r} needs a cache_dir for the exported graph")
         loaded = load_runtime(
-            path, device, runtime, fingerprint=fingerprint or "", cache_dir=cache_dir or Path("."), threads=threads
+            path, device, runtime, fingerprint=fingerprint, cache_dir=cache_dir or Path("."), threads=threads
         )
         spec = loaded.spec
         logger.info(
@@ -91,15 +90,21 @@ class Embedder:
             loaded.runtime.name,
             loaded.reason,
         )
-        return cls(loaded.runtime, spec, device, checkpoint=str(path), runtime_reason=loaded.reason)
+        return cls(
+            loaded.runtime,
+            spec,
+            device,
+            checkpoint=str(path),
+            runtime_reason=loaded.reason,
+            fingerprint=loaded.fingerprint,
+        )
 
     @property
     def info(self) -> EmbedderInfo:
-        autocast = str(self._autocast_dtype).removeprefix("torch.") if self._autocast_dtype else None
         return EmbedderInfo(
             checkpoint=self.checkpoint,
             device=str(self.device),
-            autocast=autocast,
+            autocast=self._autocast,
             spec=self.spec,
             runtime=self.runtime.name,
             runtime_reason=self.runtime_reason,
@@ -120,8 +125,10 @@ class Embedder:
         for size in batch_sizes:
             dummy = rng.integers(0, 256, size=(size, 3, *self.input_size), dtype=np.uint8)
             self.embed_batch(dummy)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        if self.device.type == "cuda" and self.runtime.name == "torch":
+            import torch
+
+            torch.cuda.synchronize(torch.device(str(self.device)))
         elapsed = time.perf_counter() - start
         logger.info("warm-up with batch sizes %s took %.2f s", batch_sizes, elapsed)
         return elapsed

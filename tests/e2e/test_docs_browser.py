@@ -6,6 +6,7 @@ would leave 127.0.0.1 is aborted and recorded, so a page that needs a CDN fails 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -69,3 +70,67 @@ def test_redoc_renders_every_operation_offline(
     # ReDoc's own "Redocly" logo points at its CDN: the page's Content-Security-Policy refuses it in the browser.
     unexpected = [e for e in offline_page.console_errors if "img-src" not in e]
     assert unexpected == [], unexpected
+
+
+def _try_post(page: Any, path: str, crop: Path, collection: str) -> Any:
+    """Open POST ``path`` in Swagger UI, Try it out, pick ``crop`` in the file picker, set the collection, Execute.
+
+    Returns the response the page received (as a user would see it in the live response table).
+    """
+    operation = page.locator(".opblock-post").filter(has=page.locator(f'.opblock-summary-path[data-path="{path}"]'))
+    operation.locator(".opblock-summary").click()
+    operation.get_by_role("button", name="Try it out").click()
+    picker = operation.locator('tr[data-property-name="files"] input[type="file"]')
+    assert picker.count() == 1, "files must be a file picker, not a text box"
+    picker.set_input_files(str(crop))
+    collection_box = operation.locator('tr[data-property-name="collection"] input[type="text"]')
+    collection_box.fill(collection)
+    with page.expect_response(lambda r: urlsplit(r.url).path == path and r.request.method == "POST") as answer:
+        operation.get_by_role("button", name="Execute").click()
+    shown = operation.locator(".live-responses-table tr.response .response-col_status").first
+    shown.wait_for()
+    assert shown.inner_text().strip() == str(answer.value.status)
+    return answer.value
+
+
+def test_swagger_ui_try_it_out_registers_and_queries_a_real_crop(
+    shared_server: LiveServer, offline_page: OfflinePage, tmp_path: Path
+) -> None:
+    """As a user clicks: /docs, POST /gallery with a crop from the file picker (201), then POST /query with the
+    same crop (200, found with score 1). Every other field keeps what the page pre-fills."""
+    crop = Path(__file__).resolve().parents[2] / "docs" / "assets" / "crops" / "home-32_view1.png"
+    page = offline_page.page
+    page.goto(f"{shared_server.url}/docs")
+    page.wait_for_selector(".opblock-summary-path")
+
+    added = _try_post(page, "/gallery", crop, "docs-upload")
+    assert added.status == 201, added.text()
+    (item,) = added.json()["items"]
+    assert item["collection"] == "docs-upload"
+
+    found = _try_post(page, "/query", crop, "docs-upload")
+    assert found.status == 200, found.text()
+    (result,) = found.json()["results"]
+    assert result["matches"][0]["id"] == item["id"] and result["matches"][0]["score"] > 0.999
+    assert result["match"] == item["label"]
+    page.screenshot(path=str(tmp_path / "docs-query.png"), full_page=True)
+    assert offline_page.blocked == [], f"the page tried to leave 127.0.0.1: {offline_page.blocked}"
+    assert offline_page.console_errors == []
+
+
+def test_upload_operations_document_a_picker_and_one_example_per_error(shared_server: LiveServer) -> None:
+    spec = _spec(shared_server)
+    schemas = spec["components"]["schemas"]
+    for path in ("/gallery", "/query"):
+        operation = spec["paths"][path]["post"]
+        body = operation["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].split("/")[-1]
+        items = schemas[body]["properties"]["files"]["items"]
+        assert items["format"] == "binary" and items["type"] == "string", items
+        examples = {
+            code: response["content"]["application/json"]["example"]
+            for code, response in operation["responses"].items()
+            if code.startswith(("4", "5"))
+        }
+        bodies = [json.dumps(example, sort_keys=True) for example in examples.values()]
+        assert len(set(bodies)) == len(bodies), f"{path}: two error codes share an example: {examples}"
+        assert all("#1" not in example["detail"] for example in examples.values()), "files count from #0"

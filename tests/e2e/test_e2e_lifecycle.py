@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from model.cli import import_torchreid_main
-from service.app import file_sha256
+from model.spec import file_sha256
 from tests.e2e.conftest import ServerFactory
 from tests.support.images import files_field, player_png
 from tests.support.live_server import REPO_ROOT, LiveServer, ServerStartError, server_env

@@ -144,3 +144,21 @@ def test_calibration_card_round_trips_and_older_files_read_without_one(tmp_path:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(old),
               metadata={METADATA_KEY: json.dumps(legacy)})
     assert read_checkpoint_spec(old).calibration == {}
+
+
+def test_calibration_card_comes_from_reid_calibrate_else_from_training() -> None:
+    from model.spec import CheckpointSpec, Preprocess
+
+    base = CheckpointSpec(1, "osnet_x0_25", {}, Preprocess(64, 32), 512, threshold=0.7)
+    assert base.calibration_card() is None  # a bare threshold: /info says "checkpoint", not "calibrated"
+    trained = CheckpointSpec(
+        1, "osnet_x0_25", {}, Preprocess(64, 32), 512, threshold=0.7,
+        metrics={"calibration": {"threshold": 0.7, "f1": 0.8, "num_queries": 26}},
+    )
+    card = trained.calibration_card()
+    assert card is not None and card["f1"] == 0.8 and "validation split" in card["objective"]
+    calibrated = CheckpointSpec(
+        1, "osnet_x0_25", {}, Preprocess(64, 32), 512, threshold=0.6, metrics=trained.metrics,
+        calibration={"objective": "precision >= 0.9", "threshold": 0.6},
+    )
+    assert calibrated.calibration_card() == {"objective": "precision >= 0.9", "threshold": 0.6}

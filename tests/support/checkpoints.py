@@ -41,6 +41,7 @@ def prepare_onnx_cache(checkpoint: Path, cache_dir: Path) -> Path:
     from training.cli import export_main
 
     graph = cached_graph_path(cache_dir, file_sha256(checkpoint))
-    if not graph.is_file() and export_main([str(checkpoint), "--format", "onnx", "--out", str(graph)]) != 0:
+    argv = [str(checkpoint), "--format", "onnx", "--out", str(graph), "--graph-only"]
+    if not graph.is_file() and export_main(argv) != 0:
         raise RuntimeError(f"reid-export --format onnx failed for {checkpoint}")
     return graph

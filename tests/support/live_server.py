@@ -109,20 +109,9 @@ class LiveServer:
             raise RuntimeError("server already running")
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-        command = [
-            self.python,
-            "-m",
-            "uvicorn",
-            self.app,
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--workers",
-            "1",
-            "--log-level",
-            "info",
-        ]
+        # use_cli: the product's entry point (reid-serve = service.cli), else plain uvicorn on ``app``.
+        serve = ["service.cli"] if self.use_cli else ["uvicorn", self.app, "--workers", "1"]
+        command = [self.python, "-m", *serve, "--host", self.host, "--port", str(self.port), "--log-level", "info"]
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== start #{self.starts + 1}: {' '.join(command)}\n".encode())
             log.flush()

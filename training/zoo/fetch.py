@@ -34,6 +34,7 @@ except ImportError:  # pragma: no cover - Windows: no lock, the rest works
     fcntl = None  # type: ignore[assignment]
 
 from model.checkpoint import CheckpointError, file_sha256, load_checkpoint, read_checkpoint_spec, save_checkpoint
+from model.commands import command
 from model.torchreid_import import import_torchreid, load_torchreid_state_dict
 from training.zoo.download import ChunkHook, DownloadError, Unreachable, download_first
 from training.zoo.registry import ZooEntry, get_entry
@@ -79,7 +80,8 @@ def offline_help(entry: ZooEntry, urls: tuple[str, ...], reason: str) -> str:
         + "".join(f"  or {url}\n" for url in urls[1:])
         + f"(torchreid model zoo: {entry.source_page}; file {entry.file_name}){pinned}\n"
         + f"copy it here, then convert it and serve it:\n"
-        f"  reid-import-torchreid --arch {entry.architecture} {entry.file_name} artifacts/{entry.name}.safetensors\n"
+        f"  {command('reid-import-torchreid')} --arch {entry.architecture} {entry.file_name} "
+        f"artifacts/{entry.name}.safetensors\n"
         f"  make serve CHECKPOINT=artifacts/{entry.name}.safetensors"
     )
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from model.checkpoint import file_sha256
 from service.core.errors import ImageError
 from service.core.faults import pause_point
 from service.core.settings import Settings
@@ -29,6 +28,7 @@ from service.gallery.local.snapshots import SUFFIX
 from service.gallery.local.store import GalleryInUseError, GalleryLock, GalleryStore
 from service.inference.embedder import Embedder
 from service.inference.imaging import ImageLimits, decode_crop
+from service.inference.runtime import locate_model, torch_installed
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,14 @@ def reindex(
 
 
 def _reindex(database: Path, checkpoint: Path, device: str, batch_size: int, progress: bool) -> ReindexResult:
-    fingerprint = file_sha256(checkpoint)
-    embedder = Embedder.from_checkpoint(checkpoint, device)
+    # A graph beside the checkpoint (or the .onnx given) embeds without torch; otherwise torch, where installed,
+    # rather than exporting a graph only for this batch job. REID_RUNTIME set explicitly wins.
+    settings = Settings()
+    runtime = settings.runtime
+    if runtime == "auto" and locate_model(checkpoint).graph is None and torch_installed():
+        runtime = "torch"
+    embedder = Embedder.from_checkpoint(checkpoint, device, runtime, cache_dir=settings.onnx_cache_path)
+    fingerprint = embedder.fingerprint
     store = GalleryStore(database, embedder.embedding_dim, check_meta=False)
     try:
         if store.meta().get("model_fingerprint") == fingerprint:
@@ -122,7 +128,9 @@ def _reindex(database: Path, checkpoint: Path, device: str, batch_size: int, pro
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reid-reindex", description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="the new model (.safetensors)")
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="the new model (.safetensors, or the .onnx graph beside it)"
+    )
     parser.add_argument("--data-dir", type=Path, required=True, help="the gallery's REID_DATA_DIR")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--batch-size", type=int, default=32, help="crops per inference batch (default 32)")

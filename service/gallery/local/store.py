@@ -30,7 +30,15 @@ from service.gallery.base import CollectionInfo, NewItem, UnknownCursorError
 from service.gallery.ids import OrderedIds, is_ordered_id
 from service.gallery.local.index import SourceView
 
-__all__ = ["CollectionInfo", "FingerprintMismatchError", "GalleryRow", "GalleryStore", "NewItem", "StoreError"]
+__all__ = [
+    "CollectionInfo",
+    "FingerprintMismatchError",
+    "GalleryRow",
+    "GalleryStore",
+    "NewItem",
+    "StoreError",
+    "gallery_owner",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +105,28 @@ class FingerprintMismatchError(StoreError):
         )
         self.stored = stored
         self.current = current
+
+
+def gallery_owner(database: Path) -> tuple[str, int] | None:
+    """(model fingerprint, item count) of an existing gallery file, read-only and without creating anything;
+    None when there is no such file or it records no model yet. Lets reid-serve refuse a data folder of another
+    model before the model loads."""
+    database = Path(database)
+    if not database.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return None
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        count = int(conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+    except sqlite3.Error:  # an older or foreign file: the full check at start-up reports it
+        return None
+    finally:
+        conn.close()
+    fingerprint = meta.get("model_fingerprint")
+    return (str(fingerprint), count) if fingerprint else None
 
 
 class GalleryInUseError(StoreError):

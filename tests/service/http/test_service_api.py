@@ -37,7 +37,7 @@ def test_health_ready_and_info(client: Any) -> None:
     info = client.get("/info").json()
     assert info["architecture"] == "osnet_x0_25"
     assert info["embedding_dim"] == 512 and info["input_size"] == [64, 32]
-    assert (info["threshold"], info["threshold_source"]) == (0.9, "calibrated")
+    assert (info["threshold"], info["threshold_source"], info["calibration"]) == (0.9, "checkpoint", None)
     assert info["device"] == "cpu" and info["autocast"] is None
     assert info["runtime"] == "onnxruntime" and info["runtime_reason"].startswith("auto on CPU")
 

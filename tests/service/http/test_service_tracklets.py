@@ -112,7 +112,7 @@ def test_thresholds_per_query_size_and_the_override_wins(make_client: AppFactory
     )
     client = make_client(checkpoint=checkpoint)
     info = client.get("/info").json()
-    assert info["thresholds_by_size"] == {"1": -1.0, "2+": 1.0} and info["threshold_source"] == "calibrated"
+    assert info["thresholds_by_size"] == {"1": -1.0, "2+": 1.0} and info["threshold_source"] == "checkpoint"
     register(client, [0, 1])
     crops = [player_png(0, 1), player_png(0, 2), player_png(1, 1)]
     body = post_query(client, crops, tracklets=["two", "two", "one"]).json()

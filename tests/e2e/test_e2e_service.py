@@ -216,7 +216,9 @@ def test_limits_over_real_sockets(make_server: ServerFactory) -> None:
 
 def test_reid_serve_cli_serves_with_env_settings(tiny_checkpoint: Path, tmp_path: Path) -> None:
     env = server_env(tiny_checkpoint, tmp_path / "cli-data", REID_THRESHOLD="0.25")
-    with LiveServer(env, use_cli=True, log_path=tmp_path / "cli.log") as server, server.client() as client:
+    cli = LiveServer(env, use_cli=True, log_path=tmp_path / "cli.log")
+    assert Path(cli.command()[0]).name == "reid-serve"  # the console script itself, not python -m uvicorn
+    with cli as server, server.client() as client:
         info = client.get("/info").json()
         assert (info["threshold"], info["threshold_source"]) == (0.25, "setting")
         # The default on a CPU: onnxruntime, said in /info and in the start-up log.

@@ -153,7 +153,7 @@ def check(mutations: list[Mutation], timeout_s: float) -> int:
             try:
                 original = apply(copy, mutation)
             except ValueError as exc:
-                print(f"ERROR    {exc}", flush=True)
+                logger.info(f"ERROR    {exc}")
                 bad += 1
                 continue
             try:
@@ -163,13 +163,13 @@ def check(mutations: list[Mutation], timeout_s: float) -> int:
             seconds = time.monotonic() - start
             tail = "\n".join("    " + line for line in output.strip().splitlines()[-3:])
             if code == 1:
-                print(f"killed   {mutation.name} ({seconds:.0f} s)\n{tail}", flush=True)
+                logger.info(f"killed   {mutation.name} ({seconds:.0f} s)\n{tail}")
             elif code == 0:
-                print(f"SURVIVED {mutation.name} ({seconds:.0f} s): {' '.join(mutation.tests)} passed", flush=True)
-                print(f"    guarded behaviour: {mutation.why}", flush=True)
+                logger.info(f"SURVIVED {mutation.name} ({seconds:.0f} s): {' '.join(mutation.tests)} passed")
+                logger.info(f"    guarded behaviour: {mutation.why}")
                 bad += 1
             else:
-                print(f"ERROR    {mutation.name}: pytest exit status {code} ({seconds:.0f} s)\n{tail}", flush=True)
+                logger.info(f"ERROR    {mutation.name}: pytest exit status {code} ({seconds:.0f} s)\n{tail}")
                 bad += 1
     return bad
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.list:
         for m in MUTATIONS:
-            print(f"{m.name}: {m.path}\n    guards: {m.why}\n    tests: {' '.join(m.tests)}")
+            logger.info(f"{m.name}: {m.path}\n    guards: {m.why}\n    tests: {' '.join(m.tests)}")
         return 0
     if args.path is not None:
         if args.old is None or args.new is None or not args.tests:
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         selected = [known[name] for name in args.only] if args.only else list(MUTATIONS)
     start = time.monotonic()
     bad = check(selected, args.timeout)
-    print(f"{len(selected) - bad} of {len(selected)} mutations killed in {time.monotonic() - start:.0f} s", flush=True)
+    logger.info(f"{len(selected) - bad} of {len(selected)} mutations killed in {time.monotonic() - start:.0f} s")
     return 1 if bad else 0
 
 

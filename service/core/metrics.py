@@ -49,6 +49,11 @@ class ServiceMetrics:
         self.rejected = Counter(
             "reid_rejected_requests", "Requests refused before inference", ["reason"], registry=self.registry
         )
+        self.abandoned = Counter(
+            "reid_abandoned_requests",
+            "Requests whose client went away while their crops waited for inference (those crops are dropped)",
+            registry=self.registry,
+        )
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

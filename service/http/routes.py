@@ -148,12 +148,14 @@ async def _embed(state: ServiceState, crops: list[DecodedCrop], request: Request
     embedding = asyncio.ensure_future(state.batcher.embed([c.pixels for c in crops]))
     gone = asyncio.ensure_future(_client_gone(request))
     try:
-        await asyncio.wait((embedding, gone), return_when=asyncio.FIRST_COMPLETED)
-    finally:
+        done, _ = await asyncio.wait((embedding, gone), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        embedding.cancel()
         gone.cancel()
-        if not embedding.done():
-            embedding.cancel()
-    if embedding.cancelled():
+        raise
+    gone.cancel()
+    if embedding not in done:
+        embedding.cancel()  # cancels the request's future: the batcher drops its crops still queued
         state.metrics.abandoned.inc()
         logger.info("client gone: dropped its %d queued crops", len(crops))
         raise ClientGoneError()

@@ -81,7 +81,7 @@ def decode_crop(
             image.load()
             # Transposing after load so a broken EXIF block surfaces as a decode error, not a 500.
             oriented = ImageOps.exif_transpose(image) or image
-            rgb = oriented.convert("RGB")
+            rgb = to_rgb(oriented)
         except Image.DecompressionBombError as exc:
             raise ImageError(413, "image_too_large", index, filename, f"decompression bomb refused: {exc}") from exc
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -100,6 +100,15 @@ def decode_crop(
         original_size=(width, height),
         image_format=image_format,
     )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The image in 8-bit RGB. 16-bit grey (PNG's "I;16" modes, or "I" holding 0..65535) is scaled to 8 bits first:
+    Pillow's own conversion clips it at 255, which turns an ordinary 16-bit grey crop all white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        image = Image.fromarray((wide >> 8).astype(np.uint8))
+    return image.convert("RGB")
 
 
 def _check_dimensions(width: int, height: int, index: int, filename: str | None, limits: ImageLimits) -> None:

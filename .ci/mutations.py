@@ -58,7 +58,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "service/gallery/local/backend.py",
         "existing = self.store.find_by_sha256(collection, [item.sha256 for item in items])\n",
         "existing: dict[str, str] = {}\n",
-        ("tests/service/gallery/test_service_gallery.py",),
+        ("tests/service/gallery/test_service_gallery.py", "-k", "same_bytes and local"),
         "the same crop bytes are registered once per collection (409 names the item holding them)",
     ),
     Mutation(
@@ -66,18 +66,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         "service/http/tracklets.py",
         "match=top.label if top is not None and top.score >= threshold else None,",
         "match=top.label if top is not None else None,",
-        (
-            "tests/service/http/test_service_threshold_card.py",
-            "tests/service/http/test_service_tracklets.py",
-        ),
+        ("tests/service/http/test_service_api.py", "-k", "threshold_decides and local"),
         "a query below the threshold answers match = null",
+    ),
+    Mutation(
+        "abandoned_crops_kept_in_batches",
+        "service/inference/batching.py",
+        "                if item.job.abandoned():\n",
+        "                if False:\n",
+        ("tests/service/inference/test_service_batching.py", "-k", "cancel"),
+        "crops of a request whose client has gone are dropped from the queue, not batched (nor embedded)",
     ),
     Mutation(
         "api_key_check_off",
         "service/http/deps.py",
         "    if not (header_ok or bearer_ok):\n",
         "    if False:\n",
-        ("tests/reliability/test_reliability_security.py",),
+        ("tests/service/http/test_service_api.py", "-k", "api_key_guards and local"),
         "without the configured API key every gallery route answers 401",
     ),
     Mutation(
@@ -93,7 +98,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "service/gallery/local/snapshots.py",
         "        if crc != header.payload_crc32:\n",
         "        if False:\n",
-        ("tests/service/gallery/local/test_service_lifecycle.py",),
+        ("tests/service/gallery/local/test_service_lifecycle.py", "-k", "checksum"),
         "a damaged index snapshot is rejected (and rebuilt from SQLite), never loaded",
     ),
 )

@@ -33,7 +33,7 @@ SERVE_BUILDS :=
 SERVE_NOTE :=
 endif
 
-.PHONY: install serve test lint lint-ruff lint-mypy lint-docker demo-model check-checkpoint clean
+.PHONY: install serve test mutations lint lint-ruff lint-mypy lint-docker demo-model check-checkpoint clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=/path/to/python3.11"; exit 1; }
@@ -71,11 +71,16 @@ serve: check-checkpoint install $(SERVE_BUILDS)
 test: install
 	$(VENV)/bin/python -m pytest -q -rs
 
+# Known breakages of the product (.ci/mutations.py --list), each run against the tests meant to catch it in a
+# temporary copy of the tree; fails if any survives.
+mutations: install
+	$(VENV)/bin/python .ci/mutations.py
+
 # The linters' versions are pinned in pyproject.toml (dev extra); .pre-commit-config.yaml calls these targets.
 lint: lint-ruff lint-mypy lint-docker
 
 lint-ruff: install
-	$(VENV)/bin/ruff check model training service tests benchmarks
+	$(VENV)/bin/ruff check model training service tests benchmarks .ci
 
 lint-mypy: install
 	$(VENV)/bin/mypy

@@ -43,7 +43,7 @@ COPY model/ model/
 COPY training/ training/
 COPY service/ service/
 
-# The README's and CI's install step, not a second recipe: venv + torch + the project with its extras.
+# The documented (docs/getting-started.md) and CI's install step, not a second recipe: venv + torch + the project with its extras.
 RUN --mount=type=cache,target=/root/.cache/pip \
     make install VENV=/opt/venv EXTRAS=${EXTRAS} PYTHON=python3.11 TORCH_INDEX=${TORCH_INDEX}
 

@@ -9,6 +9,8 @@ DEMO_CHECKPOINT := artifacts/demo.safetensors
 CHECKPOINT ?= $(DEMO_CHECKPOINT)
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# `make docs` serves the documentation site here (beside the service on PORT).
+DOCS_PORT ?= 8001
 # make serve MODEL=NAME serves a pretrained model of the zoo (list: .venv/bin/reid-fetch --list) instead of the demo.
 MODEL ?=
 PY := $(VENV)/bin/python
@@ -33,7 +35,7 @@ SERVE_BUILDS :=
 SERVE_NOTE :=
 endif
 
-.PHONY: install serve test mutations lint lint-ruff lint-mypy lint-docker demo-model check-checkpoint clean
+.PHONY: install serve test mutations lint lint-ruff lint-mypy lint-docker demo-model check-checkpoint docs docs-build clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=/path/to/python3.11"; exit 1; }
@@ -88,5 +90,13 @@ lint-mypy: install
 lint-docker: install
 	$(VENV)/bin/hadolint --config .hadolint.yaml Dockerfile
 
+# The documentation site (mkdocs.yml): served with live reload on 127.0.0.1 only; built strictly (a broken link,
+# a missing anchor or a page left out of the navigation fails), as CI does.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr $(HOST):$(DOCS_PORT)
+
+docs-build: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) artifacts site .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,7 @@
 """Shared helpers for the benchmark scripts: machine description, JSON output, Markdown tables, percentiles.
 
 Benchmarks are scripts, never timed tests. Every script writes one JSON file (``--out``) holding its results and
-the machine they came from, and prints a Markdown table that can be pasted into the README.
+the machine they came from, and prints a Markdown table that can be pasted into docs/performance.md.
 """
 
 from __future__ import annotations

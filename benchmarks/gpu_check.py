@@ -1,4 +1,4 @@
-"""One-call GPU check: every GPU figure the README needs, in one JSON, within a time budget (see gpu_check.sh).
+"""One-call GPU check: every GPU figure docs/performance.md needs, in one JSON, within a time budget (gpu_check.sh).
 
 Parts, in order of priority (each bounded in time; a part that fails records its error and the rest go on; the
 JSON is rewritten after every part, so a run cut short still leaves what it measured):

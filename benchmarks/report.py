@@ -1,4 +1,4 @@
-"""Print the README's benchmark tables from the committed JSON results (so no number is typed by hand).
+"""Print the benchmark tables of docs/performance.md from the committed JSON results (so no number is typed by hand).
 
     .venv/bin/python -m benchmarks.report            # reads benchmarks/results/*.json
 """

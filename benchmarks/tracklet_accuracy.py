@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def tracklet_tables(data: dict[str, Any]) -> str:
-    """The README tables from a results payload."""
+    """The docs/performance.md tables from a results payload."""
     rules = data["rules"]
     rows = [(name, *(per.get(r) for r in rules)) for name, per in data["rank1"].items()]
     rows += [

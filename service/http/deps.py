@@ -20,6 +20,7 @@ from service.core.errors import NotReadyError, ServiceError
 from service.core.metrics import ServiceMetrics
 from service.core.settings import Settings
 from service.gallery import Gallery
+from service.gallery.batched_search import BatchedSearch
 from service.inference.batching import DynamicBatcher
 from service.inference.embedder import Embedder
 from service.inference.imaging import ImageLimits
@@ -57,19 +58,24 @@ class ServiceState:
     gallery: Gallery
     metrics: ServiceMetrics
     decode_pool: ThreadPoolExecutor
+    searcher: BatchedSearch
     threshold: ThresholdPolicy
     image_limits: ImageLimits
     ready: bool = False
 
 
-def get_state(request: Request) -> ServiceState:
+# The dependencies below are coroutines on purpose: FastAPI runs a plain `def` dependency in its thread pool, which
+# cost every request three thread hops (and, under many concurrent requests, let them overtake one another).
+
+
+async def get_state(request: Request) -> ServiceState:
     state: ServiceState | None = getattr(request.app.state, "reid", None)
     if state is None or not state.ready:
         raise NotReadyError()
     return state
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings | None = getattr(request.app.state, "settings", None)
     if settings is None:
         raise NotReadyError("settings are not loaded yet")
@@ -95,7 +101,7 @@ def _same_key(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
-def require_api_key(
+async def require_api_key(
     settings: Annotated[Settings, Depends(get_settings)],
     api_key: Annotated[str | None, Security(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],

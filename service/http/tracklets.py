@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from model.pooling import DEFAULT_LABEL_RULE, DEFAULT_POOLING, label_scores, pool_groups
 from service.core.errors import ServiceError
-from service.http.schemas import Candidate, Match, QueryResult
+from service.gallery import ScoredItem
 
 logger = logging.getLogger(__name__)
 
@@ -79,18 +80,19 @@ def pool_queries(embeddings: np.ndarray, groups: list[QueryGroup], method: str =
 
 
 def rank_matches(
-    matches: list[Match], threshold: float, group: QueryGroup, rule: str = DEFAULT_LABEL_RULE
-) -> QueryResult:
-    """One result from the ranked matches of a query: candidates per label by ``rule``, and ``match`` = the best
-    candidate when its score reaches ``threshold`` (with the ``max`` rule: the top match's label)."""
-    scored = label_scores([m.score for m in matches], [m.label for m in matches], rule)
-    candidates = [Candidate(label=label, score=score) for label, score in scored]
-    top = candidates[0] if candidates else None
-    return QueryResult(
-        matches=matches,
-        candidates=candidates,
-        match=top.label if top is not None and top.score >= threshold else None,
-        tracklet=group.tracklet,
-        crops=group.crops,
-        threshold=threshold,
-    )
+    hits: list[ScoredItem], threshold: float, group: QueryGroup, rule: str = DEFAULT_LABEL_RULE
+) -> dict[str, Any]:
+    """One result (the JSON object of schemas.QueryResult, built directly: the query path skips pydantic) from a
+    query's hits, best first: candidates per label by ``rule``, and ``match`` = the best candidate when its score
+    reaches ``threshold`` (with the ``max`` rule: the top match's label)."""
+    labels = [hit.item.label for hit in hits]
+    scored = label_scores([hit.score for hit in hits], labels, rule)
+    top = scored[0] if scored else None
+    return {
+        "matches": [{"id": hit.item.id, "label": hit.item.label, "score": hit.score} for hit in hits],
+        "candidates": [{"label": label, "score": score} for label, score in scored],
+        "match": top[0] if top is not None and top[1] >= threshold else None,
+        "tracklet": group.tracklet,
+        "crops": group.crops,
+        "threshold": threshold,
+    }

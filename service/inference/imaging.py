@@ -74,14 +74,19 @@ def decode_crop(
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(400, "invalid_image", index, filename, f"cannot read the image header: {exc}") from exc
 
+    height_out, width_out = input_size
     with image:
         width, height = image.size
         _check_dimensions(width, height, index, filename, limits)
         try:
+            _draft(image, input_size)
             image.load()
-            # Transposing after load so a broken EXIF block surfaces as a decode error, not a 500.
-            oriented = ImageOps.exif_transpose(image) or image
-            rgb = to_rgb(oriented)
+            # Transposing after load so a broken EXIF block surfaces as a decode error, not a 500. In place: no copy
+            # of an image that needs no transposing (most crops).
+            ImageOps.exif_transpose(image, in_place=True)
+            rgb = to_rgb(image)
+            # PIL bilinear (with its antialiasing support) is what the training eval transform uses.
+            resized = rgb.resize((width_out, height_out), Image.Resampling.BILINEAR)
         except Image.DecompressionBombError as exc:
             raise ImageError(413, "image_too_large", index, filename, f"decompression bomb refused: {exc}") from exc
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -90,9 +95,6 @@ def decode_crop(
             ) from exc
         image_format = str(image.format)
 
-    height_out, width_out = input_size
-    # PIL bilinear (with its antialiasing support) is what the training eval transform uses.
-    resized = rgb.resize((width_out, height_out), Image.Resampling.BILINEAR)
     pixels = np.ascontiguousarray(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1))
     return DecodedCrop(
         pixels=pixels,
@@ -103,12 +105,38 @@ def decode_crop(
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """The image in 8-bit RGB. 16-bit grey (PNG's "I;16" modes, or "I" holding 0..65535) is scaled to 8 bits first:
-    Pillow's own conversion clips it at 255, which turns an ordinary 16-bit grey crop all white."""
+    """The image in 8-bit RGB (itself when it already is). 16-bit grey (PNG's "I;16" modes, or "I" holding
+    0..65535) is scaled to 8 bits first: Pillow's own conversion clips it at 255, which turns an ordinary 16-bit grey
+    crop all white."""
+    if image.mode == "RGB":
+        return image
     if image.mode.startswith("I;16") or image.mode == "I":
         wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
         image = Image.fromarray((wide >> 8).astype(np.uint8))
     return image.convert("RGB")
+
+
+# JPEG orientations (EXIF 0x0112) that swap width and height once applied.
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+DRAFT_MIN_SCALE = 2
+
+
+def _draft(image: Image.Image, input_size: tuple[int, int]) -> None:
+    """Let the JPEG decoder scale a large crop down in the DCT (1/2, 1/4, 1/8) while decoding.
+
+    Only for crops at least DRAFT_MIN_SCALE times the model input on both sides, and never below the input: the
+    decoder then skips most of the pixels, and the bilinear resize that follows still only shrinks (with its
+    antialiasing). Crops near the input size (the usual player crop) decode in full as before.
+    """
+    if image.format != "JPEG":
+        return
+    height_out, width_out = input_size
+    orientation = image.getexif().get(0x0112, 1)
+    # draft() works on the stored orientation: ask for the transposed size when EXIF rotates the crop.
+    want = (height_out, width_out) if orientation in _SWAPPING_ORIENTATIONS else (width_out, height_out)
+    width, height = image.size
+    if width >= DRAFT_MIN_SCALE * want[0] and height >= DRAFT_MIN_SCALE * want[1]:
+        image.draft(None, want)
 
 
 def _check_dimensions(width: int, height: int, index: int, filename: str | None, limits: ImageLimits) -> None:

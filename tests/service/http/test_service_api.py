@@ -163,6 +163,23 @@ def test_metrics_exposes_the_service_instruments(client: Any) -> None:
     assert "reid_inference_batch_size_count" in text
     assert 'reid_request_duration_seconds_count{method="POST",route="/query",status="200"} 1.0' in text
     assert "reid_queue_depth" in text and "reid_inference_seconds_bucket" in text
+    for stage in ("receive", "decode", "embed", "search", "respond"):
+        assert f'reid_query_stage_seconds_count{{stage="{stage}"}} 1.0' in text
+
+
+def test_query_body_is_exactly_the_documented_schema(client: Any) -> None:
+    """POST /query builds its JSON without pydantic: it must be what QueryResponse would serialise, field for field."""
+    from service.http.schemas import QueryResponse
+
+    register(client, "s", [0, 1, 2, 3])
+    plain = query(client, "s", [player_png(0), player_jpeg(2)], top_k=3)
+    pooled = query(client, "s", [player_png(0), player_jpeg(0), player_png(3)], tracklets=["t", "t", "u"], top_k=2)
+    for body in (plain, pooled):
+        assert QueryResponse.model_validate(body).model_dump(mode="json") == body
+        assert list(body) == list(QueryResponse.model_fields)
+        for result in body["results"]:
+            assert list(result) == list(QueryResponse.model_fields["results"].annotation.__args__[0].model_fields)
+    assert [r["crops"] for r in pooled["results"]] == [2, 1] and pooled["results"][0]["tracklet"] == "t"
 
 
 def test_openapi_documents_every_field_with_examples(client: Any) -> None:

@@ -62,6 +62,12 @@ CASES: dict[str, tuple[Callable[[], tuple[str, str, dict[str, Any]]], int, str]]
         404,
         "collection_not_found",
     ),
+    # The collection is checked in the same decode task as the files: an unknown one still outranks a bad file.
+    "unknown_collection_and_bad_file": (
+        lambda: ("POST", "/query", {"files": files_field(b"not an image"), "data": {"collection": "nope"}}),
+        404,
+        "collection_not_found",
+    ),
     "unknown_id_get": (lambda: ("GET", "/gallery/00000000-0000-4000-8000-000000000000", {}), 404, "item_not_found"),
     "unknown_id_delete": (
         lambda: ("DELETE", "/gallery/00000000-0000-4000-8000-000000000000", {}),

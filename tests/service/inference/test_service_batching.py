@@ -128,6 +128,35 @@ def test_concurrent_requests_share_batches() -> None:
     assert [float(r[0, 0]) for r in results] == [float(i) for i in range(8)]
 
 
+def test_requests_completed_by_one_batch_resume_in_queue_order() -> None:
+    """The single-crop requests of one batch get their results in the order they queued (no overtaking)."""
+    model = RecordingModel()
+    model.gate.clear()
+    watch = QueueWatch()
+    batcher = make(model, watch, max_batch_size=8, max_delay_s=0.05)
+    resumed: list[int] = []
+
+    async def one(i: int) -> None:
+        await batcher.embed([crop(i)])
+        resumed.append(i)
+
+    async def main() -> None:
+        plug = asyncio.create_task(batcher.embed([crop(100)]))
+        await entered(model)
+        tasks = [asyncio.create_task(one(i)) for i in range(8)]
+        await watch.wait_depth(batcher, 8)
+        model.gate.set()
+        await plug
+        await asyncio.gather(*tasks)
+
+    try:
+        asyncio.run(main())
+    finally:
+        batcher.stop()
+    assert model.batches == [1, 8]
+    assert resumed == list(range(8))
+
+
 def test_full_queue_answers_overloaded_and_keeps_working() -> None:
     model = RecordingModel()
     model.gate.clear()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from service.core.errors import ImageError
-from service.inference.imaging import ImageLimits, decode_crop
+from service.inference.imaging import ImageLimits, _draft, decode_crop
 from tests.support.images import encode, player_crop
 
 LIMITS = ImageLimits(max_file_bytes=1_000_000, max_pixels=1_000_000, max_side=4000, min_side=4)
@@ -47,6 +49,39 @@ def test_exif_orientation_is_applied() -> None:
     unrotated = np.asarray(stored.resize((32, 64), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
     assert diff < 12
     assert diff < np.abs(unrotated.astype(int) - upright.pixels.astype(int)).mean()
+
+
+def _full_decode(data: bytes) -> np.ndarray:
+    """The reference: full-size decode, EXIF transpose, bilinear resize to SIZE, as (3, H, W)."""
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    return np.asarray(image.resize((SIZE[1], SIZE[0]), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+
+
+def test_near_input_size_jpegs_decode_in_full() -> None:
+    """Below DRAFT_MIN_SCALE x the input the JPEG decodes at full size: pixels exactly as before."""
+    data = encode(player_crop(4, size=(48, 96)), "JPEG", quality=95)  # 1.5x the 32x64 input
+    opened = Image.open(io.BytesIO(data))
+    _draft(opened, SIZE)
+    opened.load()
+    assert opened.size == (48, 96)
+    np.testing.assert_array_equal(decode_crop(data, 0, None, SIZE, LIMITS).pixels, _full_decode(data))
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_large_jpegs_decode_at_reduced_size_without_changing_the_crop(orientation: int) -> None:
+    """A crop 8x the input decodes at 1/8 scale in the DCT (never below the input), and looks the same."""
+    upright = player_crop(6, size=(256, 512))
+    stored = upright if orientation == 1 else upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(stored, "JPEG", exif=exif.tobytes(), quality=95)
+    opened = Image.open(io.BytesIO(data))
+    _draft(opened, SIZE)
+    opened.load()
+    assert opened.size == ((32, 64) if orientation == 1 else (64, 32))  # the stored orientation, at 1/8
+    pixels = decode_crop(data, 0, None, SIZE, LIMITS).pixels
+    reference = _full_decode(data)
+    assert np.abs(pixels.astype(int) - reference.astype(int)).mean() < 4
 
 
 def test_rgba_and_grayscale_become_rgb() -> None:

@@ -171,7 +171,10 @@ def test_malformed_images_get_4xx_and_awkward_ones_are_accepted(make_server: Ser
             asked = client.post("/query", files=files, data={"collection": f"ref-{kind}", "top_k": 1})
             assert asked.status_code == 200, (kind, asked.text)
             top = asked.json()["results"][0]["matches"][0]
-            assert top["label"] == "reference" and top["score"] == pytest.approx(1.0, abs=1e-5), (kind, top)
+            # JPEGs of at least twice the input size decode scaled down in the DCT (imaging._draft): not the exact
+            # pixels of a full decode, but far closer (1e-4) than a wrong conversion's picture (1e-2 and more).
+            tolerance = 1e-3 if kind.endswith("jpeg") else 1e-5
+            assert top["label"] == "reference" and top["score"] == pytest.approx(1.0, abs=tolerance), (kind, top)
             outcomes[kind] = (added.status_code, asked.status_code)
         assert client.get("/healthz").status_code == 200
     assert "Traceback" not in server.logs()

@@ -64,8 +64,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "threshold_ignored",
         "service/http/tracklets.py",
-        "match=top.label if top is not None and top.score >= threshold else None,",
-        "match=top.label if top is not None else None,",
+        '"match": top[0] if top is not None and top[1] >= threshold else None,',
+        '"match": top[0] if top is not None else None,',
         ("tests/service/http/test_service_api.py", "-k", "threshold_decides and local"),
         "a query below the threshold answers match = null",
     ),

@@ -62,8 +62,8 @@ SERVE_INSTALL := $(if $(filter $(SERVE_VENV),$(SERVE_WITH)),install-serve,instal
 # One gallery folder per model by default (data/default, data/demo, ...): a gallery holds one model's embeddings.
 DATA_ROOT ?= data
 
-.PHONY: install install-serve serve test lint lint-ruff lint-mypy lint-docker demo-model default-model check-checkpoint \
-	docs docs-build clean
+.PHONY: install install-serve serve test mutations lint lint-ruff lint-mypy lint-docker demo-model default-model \
+	check-checkpoint docs docs-build clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=/path/to/python3.11"; exit 1; }
@@ -121,11 +121,16 @@ serve: check-checkpoint $(SERVE_INSTALL) $(SERVE_BUILDS)
 test: install
 	$(VENV)/bin/python -m pytest -q -rs
 
+# Known breakages of the product (.ci/mutations.py --list), each run against the tests meant to catch it in a
+# temporary copy of the tree; fails if any survives.
+mutations: install
+	$(VENV)/bin/python .ci/mutations.py
+
 # The linters' versions are pinned in pyproject.toml (dev extra); .pre-commit-config.yaml calls these targets.
 lint: lint-ruff lint-mypy lint-docker
 
 lint-ruff: install
-	$(VENV)/bin/ruff check model training service tests benchmarks
+	$(VENV)/bin/ruff check model training service tests benchmarks .ci
 
 lint-mypy: install
 	$(VENV)/bin/mypy

@@ -251,8 +251,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state: ServiceState | None = app.state.reid
         if state is not None:
             state.ready = False
-            # uvicorn has already waited for the in-flight requests; drain anyway so no queued crop is dropped.
+            # uvicorn has already waited for the in-flight requests; an ASGI server that does not (or uvicorn past
+            # --timeout-graceful-shutdown) leaves crops queued: drain them, then let their requests finish with the
+            # gallery still open (tests/reliability/test_reliability_shutdown.py).
             await asyncio.to_thread(state.batcher.stop, 30.0, drain=True)
+            if not await app.state.metrics.wait_idle(30.0):
+                logger.warning("requests still in flight after 30 s; closing the gallery under them")
             await asyncio.to_thread(state.searcher.stop, 30.0)
             state.decode_pool.shutdown(wait=True)
             await asyncio.to_thread(state.gallery.close)

@@ -234,8 +234,9 @@ def test_image_installs_through_the_makefile_install_target(docker: list[tuple[s
     readme = README.read_text()
     assert "make serve" in readme and "make test" in readme
     ci = [line.strip() for line in CI_SCRIPT.read_text().splitlines()]
-    order = [line for line in ci if line in ("make install", "make lint", "make test")]
-    assert order == ["make install", "make lint", "make test"], order
+    order = [line for line in ci if line in ("make install", "make lint", "make test", "make mutations")]
+    assert order == ["make install", "make lint", "make test", "make mutations"], order
+    assert ".ci/mutations.py" in rules["mutations"][1][0] and "install" in rules["mutations"][0]
 
 
 def test_image_copies_what_the_install_needs_and_the_context_keeps_it(docker: list[tuple[str, str]]) -> None:

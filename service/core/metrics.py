@@ -6,6 +6,7 @@ gallery size per collection.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -82,6 +83,36 @@ class ServiceMetrics:
         self.rejected = Counter(
             "reid_rejected_requests", "Requests refused before inference", ["reason"], registry=self.registry
         )
+        self.requests_in_flight = Gauge(
+            "reid_requests_in_flight", "HTTP requests being handled right now", registry=self.registry
+        )
+        self._in_flight = 0
+        self._idle = asyncio.Event()  # set while no request is being handled
+        self._idle.set()
+        self.abandoned = Counter(
+            "reid_abandoned_requests",
+            "Requests whose client went away while their crops waited for inference (those crops are dropped)",
+            registry=self.registry,
+        )
+
+    def request_started(self) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+        self.requests_in_flight.inc()
+
+    def request_finished(self) -> None:
+        self._in_flight -= 1
+        self.requests_in_flight.dec()
+        if self._in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no HTTP request is being handled (False when ``timeout_s`` ran out first)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -129,9 +160,11 @@ class RequestMetricsMiddleware:
                 status = int(message["status"])
             await send(message)
 
+        self.metrics.request_started()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            self.metrics.request_finished()
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.request_latency.labels(scope["method"], template, str(status)).observe(

@@ -200,9 +200,46 @@ def _admit(state: ServiceState, count: int) -> None:
         raise
 
 
-async def _embed(state: ServiceState, crops: list[DecodedCrop]) -> np.ndarray:
+class ClientGoneError(ServiceError):
+    """The client closed the connection while its crops waited for inference; nobody reads this answer."""
+
+    def __init__(self) -> None:
+        super().__init__(499, "client_closed_request", "the client closed the connection before the answer")
+
+
+async def _client_gone(request: Request) -> None:
+    """Return once the ASGI server reports the client's disconnect.
+
+    Called after the body has been read in full, so ``receive`` has nothing else to deliver: it blocks until the
+    connection is lost (uvicorn then answers ``http.disconnect``).
+    """
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _embed(state: ServiceState, crops: list[DecodedCrop], request: Request) -> np.ndarray:
+    """Embed a request's crops (N, D), unless its client disconnects first.
+
+    On a disconnect the wait for the batcher is cancelled, which cancels the request's future: the batcher drops
+    the crops still queued instead of embedding them for nobody (service/inference/batching.py), so under overload
+    the capacity goes to the clients still waiting. Raises ClientGoneError then.
+    """
+    embedding = asyncio.ensure_future(state.batcher.embed([c.pixels for c in crops]))
+    gone = asyncio.ensure_future(_client_gone(request))
     try:
-        return await state.batcher.embed([c.pixels for c in crops])
+        done, _ = await asyncio.wait((embedding, gone), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        embedding.cancel()
+        gone.cancel()
+        raise
+    gone.cancel()
+    if embedding not in done:
+        embedding.cancel()  # cancels the request's future: the batcher drops its crops still queued
+        state.metrics.abandoned.inc()
+        logger.info("client gone: dropped its %d queued crops", len(crops))
+        raise ClientGoneError()
+    try:
+        return embedding.result()
     except OverloadedError:
         state.metrics.rejected.labels(reason="overloaded").inc()
         raise
@@ -340,6 +377,7 @@ async def readyz(request: Request) -> HealthResponse:
     ),
 )
 async def add_to_gallery(
+    request: Request,
     state: StateDep,
     files: FilesField,
     collection: CollectionForm,
@@ -367,7 +405,7 @@ async def add_to_gallery(
     parsed_metadata = _parse_metadata(metadata, len(files))
     _admit(state, len(files))
     crops, payloads = await _decode_all(state, files)
-    embeddings = await _embed(state, crops)
+    embeddings = await _embed(state, crops, request)
     keep = state.settings.store_crops
     items = [
         NewItem(label=label, metadata=meta, sha256=crop.sha256, embedding=emb, crop=data if keep else None)
@@ -575,7 +613,7 @@ async def query(
     _admit(state, len(files))
     crops, _ = await _decode_all(state, files, collection=collection)
     decoded = time.perf_counter()
-    queries = pool_queries(await _embed(state, crops), groups)  # (Q, D) crops -> (T, D), one per tracklet
+    queries = pool_queries(await _embed(state, crops, request), groups)  # (Q, D) crops -> (T, D), one per tracklet
     embedded = time.perf_counter()
     hits = await state.searcher.search(collection, queries, top_k)
     searched = time.perf_counter()

@@ -3,8 +3,9 @@
 The worker takes the oldest crop, waits up to ``max_delay_s`` (counted from when that crop arrived) for more,
 and runs batches of at most ``max_batch_size`` crops. Results go back to each request's event loop through
 ``loop.call_soon_threadsafe``. A request whose coroutine was cancelled (client gone) is skipped at batch
-time and never receives a result, without disturbing the other requests sharing its batch. The requests a batch
-completes get their results in one callback per event loop, in queue order.
+time (its queued crops are dropped, not embedded) and never receives a result, without disturbing the other
+requests sharing its batch. The routes cancel a request's wait when its client disconnects (service/http/routes.py).
+The requests a batch completes get their results in one callback per event loop, in queue order.
 
     batcher = DynamicBatcher(embedder.embed_batch, max_batch_size=32, max_delay_s=0.005, max_queue=1024)
     batcher.start()
@@ -201,9 +202,19 @@ class DynamicBatcher:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            count = min(len(self._queue), self.max_batch_size)
-            batch = [self._queue.popleft() for _ in range(count)]
+            batch: list[_Item] = []
+            dropped = 0
+            while self._queue and len(batch) < self.max_batch_size:
+                item = self._queue.popleft()
+                # The request is gone (client disconnected, or an earlier batch failed it): drop its crops here,
+                # so they neither get embedded nor take the place of live crops in this batch.
+                if item.job.abandoned():
+                    dropped += 1
+                else:
+                    batch.append(item)
             depth = len(self._queue)
+        if dropped:
+            logger.debug("dropped %d queued crops of abandoned requests", dropped)
         self._report_depth(depth)
         return batch
 
@@ -218,6 +229,7 @@ class DynamicBatcher:
             batch = self._next_batch()
             if batch is None:
                 break
+            # Checked again: a request may have been abandoned while its batch was formed.
             live = [item for item in batch if not item.job.abandoned()]
             if live:
                 self._process(live)

@@ -85,7 +85,7 @@ def decode_crop(
             # Transposing after load so a broken EXIF block surfaces as a decode error, not a 500. In place: no copy
             # of an image that needs no transposing (most crops).
             ImageOps.exif_transpose(image, in_place=True)
-            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            rgb = to_rgb(image)
             # PIL bilinear (with its antialiasing support) is what the training eval transform uses.
             resized = rgb.resize((width_out, height_out), Image.Resampling.BILINEAR)
         except Image.DecompressionBombError as exc:
@@ -113,6 +113,18 @@ def stored_media_type(data: bytes) -> str | None:
             return MEDIA_TYPES.get(str(image.format))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The image in 8-bit RGB (itself when it already is). 16-bit grey (PNG's "I;16" modes, or "I" holding
+    0..65535) is scaled to 8 bits first: Pillow's own conversion clips it at 255, which turns an ordinary 16-bit grey
+    crop all white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I;16") or image.mode == "I":
+        wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        image = Image.fromarray((wide >> 8).astype(np.uint8))
+    return image.convert("RGB")
 
 
 # JPEG orientations (EXIF 0x0112) that swap width and height once applied.

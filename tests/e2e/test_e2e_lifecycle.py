@@ -19,6 +19,7 @@ import pytest
 from model.cli import import_torchreid_main
 from model.spec import file_sha256
 from tests.e2e.conftest import ServerFactory
+from tests.support.checkpoints import make_tiny_checkpoint
 from tests.support.images import files_field, player_png
 from tests.support.live_server import REPO_ROOT, LiveServer, ServerStartError, server_env
 
@@ -106,11 +107,11 @@ def test_kill9_during_a_snapshot_write_keeps_the_previous_snapshot(make_server: 
     assert not (data / "indexes" / "m.index.tmp").exists()
 
 
-def run_reindex(checkpoint: Path, data: Path, **env: str) -> subprocess.Popen[bytes]:
+def run_reindex(checkpoint: Path, data: Path, batch_size: int = 4, **env: str) -> subprocess.Popen[bytes]:
     command = [
         sys.executable, "-m", "service.gallery.local.reindex", "--checkpoint", str(checkpoint), "--data-dir", str(data),
     ]
-    command += ["--device", "cpu", "--batch-size", "4", "--no-progress"]
+    command += ["--device", "cpu", "--batch-size", str(batch_size), "--no-progress"]
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **env}
     return subprocess.Popen(command, cwd=REPO_ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -120,10 +121,69 @@ def answers(server: LiveServer, players: list[int]) -> list[list[tuple[str, floa
         response = client.post(
             "/query",
             files=files_field(*(player_png(p, variant=1) for p in players)),
-            data={"collection": "m", "top_k": "5"},
+            data={"collection": "m", "top_k": str(len(players))},  # every item: no top-k boundary to flip
         )
     assert response.status_code == 200, response.text
     return [[(m["label"], m["score"]) for m in r["matches"]] for r in response.json()["results"]]
+
+
+def upgrade_by_reindex(
+    old: Path, new: Path, tmp_path: Path, players: list[int], batch_size: int, **new_env: str
+) -> None:
+    """A gallery of ``players`` registered with ``old``; ``new`` refused on it; reid-reindex killed -9 after its
+    first batch, the gallery still ``old``'s; resumed; then ``new`` serves it exactly as a gallery registered with
+    ``new`` from the start (same labels, same scores), stored crops included. ``new_env``: REID_* for ``new``."""
+    data = tmp_path / "data"
+    demo = LiveServer(server_env(old, data), log_path=tmp_path / "old.log")
+    with demo, demo.client() as client:
+        registered = register(client, range(len(players)))
+
+    # The new model over the old model's gallery: refused, naming both models and the two ways forward.
+    refused = LiveServer(server_env(new, data, **new_env), log_path=tmp_path / "refused.log")
+    refused.start(wait=False)
+    assert refused.process is not None
+    assert refused.process.wait(120) != 0
+    log = refused.logs()
+    assert file_sha256(old) in log and file_sha256(new) in log
+    assert "REID_DATA_DIR" in log and "reid-reindex --checkpoint" in log
+
+    # Reindex, killed -9 after its first batch, then resumed.
+    marker = tmp_path / "at-batch"
+    crashed = run_reindex(new, data, batch_size, REID_FAULT_PAUSE_AT="reindex_batch", REID_FAULT_MARKER=str(marker))
+    try:
+        wait_for_file(marker)
+    finally:
+        crashed.kill()
+        crashed.wait()
+    with pytest.raises(ServerStartError):  # still the old model's gallery until the switch
+        LiveServer(server_env(new, data, **new_env), log_path=tmp_path / "still-refused.log").start()
+    resumed = run_reindex(new, data, batch_size)
+    output = resumed.communicate(timeout=300)[0].decode()
+    assert resumed.returncode == 0, output
+    assert f"resuming: {batch_size} of {len(players)} items already re-embedded" in output
+
+    with LiveServer(server_env(new, data, **new_env), log_path=tmp_path / "upgraded.log") as upgraded:
+        reindexed = answers(upgraded, players)
+        with upgraded.client() as client:
+            image = client.get(f"/gallery/{registered[2]}/image")
+            assert image.status_code == 200 and image.content == player_png(2)
+    fresh_server = LiveServer(server_env(new, tmp_path / "fresh", **new_env), log_path=tmp_path / "fresh.log")
+    with fresh_server as fresh:
+        with fresh.client() as client:
+            register(client, range(len(players)))
+        expected = answers(fresh, players)
+    # Every query scores every item as the fresh gallery does (compared per label: near-ties may order either way).
+    for got, want in zip(reindexed, expected, strict=True):
+        assert dict(got) == pytest.approx(dict(want), abs=1e-4)
+        assert len(got) == len(players)
+
+
+def test_model_upgrade_refused_then_reindexed_to_another_tiny_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The default run's reindex of a populated gallery: six crops, the tiny model to another seed of it (torch
+    runtime for the new model, so no second ONNX export)."""
+    other = make_tiny_checkpoint(tmp_path / "tiny-seed1.safetensors", seed=1)
+    assert file_sha256(other) != file_sha256(tiny_checkpoint)
+    upgrade_by_reindex(tiny_checkpoint, other, tmp_path, list(range(6)), batch_size=2, REID_RUNTIME="torch")
 
 
 @pytest.mark.shared_data
@@ -133,45 +193,4 @@ def test_model_upgrade_refused_then_reindexed_to_imported_osnet(
 ) -> None:
     osnet = tmp_path / "osnet_x0_25.safetensors"
     assert import_torchreid_main([str(osnet_x0_25_market_weights), str(osnet)]) == 0
-    players = list(range(10))
-    data = tmp_path / "data"
-    demo = LiveServer(server_env(tiny_checkpoint, data), log_path=tmp_path / "demo.log")
-    with demo, demo.client() as client:
-        registered = register(client, range(10))
-
-    # The imported model over the demo model's gallery: refused, naming both models and the two ways forward.
-    refused = LiveServer(server_env(osnet, data), log_path=tmp_path / "refused.log")
-    refused.start(wait=False)
-    assert refused.process is not None
-    assert refused.process.wait(120) != 0
-    log = refused.logs()
-    assert file_sha256(tiny_checkpoint) in log and file_sha256(osnet) in log
-    assert "REID_DATA_DIR" in log and "reid-reindex --checkpoint" in log
-
-    # Reindex, killed -9 after its first batch, then resumed.
-    marker = tmp_path / "at-batch"
-    crashed = run_reindex(osnet, data, REID_FAULT_PAUSE_AT="reindex_batch", REID_FAULT_MARKER=str(marker))
-    try:
-        wait_for_file(marker)
-    finally:
-        crashed.kill()
-        crashed.wait()
-    with pytest.raises(ServerStartError):  # still the old model's gallery until the switch
-        LiveServer(server_env(osnet, data), log_path=tmp_path / "still-refused.log").start()
-    resumed = run_reindex(osnet, data)
-    output = resumed.communicate(timeout=300)[0].decode()
-    assert resumed.returncode == 0, output
-    assert "resuming: 4 of 10 items already re-embedded" in output
-
-    with LiveServer(server_env(osnet, data), log_path=tmp_path / "upgraded.log") as upgraded:
-        reindexed = answers(upgraded, players)
-        with upgraded.client() as client:
-            image = client.get(f"/gallery/{registered[2]}/image")
-            assert image.status_code == 200 and image.content == player_png(2)
-    with LiveServer(server_env(osnet, tmp_path / "fresh"), log_path=tmp_path / "fresh.log") as fresh:
-        with fresh.client() as client:
-            register(client, range(10))
-        expected = answers(fresh, players)
-    assert [[label for label, _ in per] for per in reindexed] == [[label for label, _ in per] for per in expected]
-    for got, want in zip(reindexed, expected, strict=True):
-        assert [score for _, score in got] == pytest.approx([score for _, score in want], abs=1e-4)
+    upgrade_by_reindex(tiny_checkpoint, osnet, tmp_path, list(range(10)), batch_size=4)

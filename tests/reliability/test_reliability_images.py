@@ -60,7 +60,8 @@ def huge_dimensions() -> bytes:
 
 
 def cmyk_jpeg() -> bytes:
-    return encode(_crop().convert("CMYK"), "JPEG", quality=95)
+    # Under twice the tiny model's input (64x32): decoded in full, not scaled down in the DCT (imaging._draft).
+    return encode(_crop().resize((60, 120)).convert("CMYK"), "JPEG", quality=95)
 
 
 def png_16bit() -> bytes:
@@ -77,14 +78,15 @@ def animated(fmt: str) -> bytes:
 
 def exif_rotated_pair() -> tuple[bytes, bytes]:
     """(JPEG whose EXIF says orientation 6, PNG of exactly the pixels a viewer shows for it)."""
-    image = player_crop(8, 0, size=(128, 64))  # stored sideways: 128 wide, 64 high
+    # Stored sideways, 120 wide and 60 high: under twice the tiny model's input, so decoded in full (no DCT draft).
+    image = player_crop(8, 0, size=(128, 64)).resize((120, 60))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     jpeg = encode(image, "JPEG", quality=95, exif=exif.tobytes())
     stored = Image.open(io.BytesIO(jpeg))
     stored.load()
     upright = stored.transpose(Image.Transpose.ROTATE_270)
-    assert upright.size == (64, 128)
+    assert upright.size == (60, 120)
     return jpeg, encode(upright.convert("RGB"), "PNG")
 
 
@@ -103,6 +105,25 @@ ACCEPTED: dict[str, Callable[[], bytes]] = {
     "grayscale_png": lambda: encode(_crop().convert("L"), "PNG"),
     "rgba_png": lambda: encode(_crop().convert("RGBA"), "PNG"),
     "exif_rotated_jpeg": lambda: exif_rotated_pair()[0],
+}
+
+
+def _decoded_rgb(payload: bytes) -> Image.Image:
+    """What a viewer shows for an 8-bit file (first frame), in RGB: Pillow's decoder as the reference."""
+    with Image.open(io.BytesIO(payload)) as image:
+        return image.convert("RGB")
+
+
+# The RGB picture each awkward upload must be embedded as. Given by how the test made it (the 16-bit grey PNG is
+# the 8-bit grey crop times 257; the RGBA one is opaque), or by Pillow's decoder for palette and lossy frames.
+EXPECTED_RGB: dict[str, Callable[[bytes], Image.Image]] = {
+    "cmyk_jpeg": _decoded_rgb,
+    "png_16bit": lambda _: _crop().convert("L").convert("RGB"),
+    "animated_webp": _decoded_rgb,
+    "palette_png": _decoded_rgb,
+    "grayscale_png": lambda _: _crop().convert("L").convert("RGB"),
+    "rgba_png": lambda _: _crop(),
+    "exif_rotated_jpeg": lambda _: Image.open(io.BytesIO(exif_rotated_pair()[1])).convert("RGB"),
 }
 
 
@@ -140,10 +161,19 @@ def test_malformed_images_get_4xx_and_awkward_ones_are_accepted(make_server: Ser
             files = [("files", (f"{kind}.img", payload, "application/octet-stream"))]
             added = client.post("/gallery", files=files, data={"collection": "img", "labels": [kind]})
             assert added.status_code == 201, (kind, added.text)
-            asked = client.post("/query", files=files, data={"collection": "img", "top_k": 1})
+            # Converted to the right RGB picture: it embeds exactly as a plain RGB PNG of that picture does (a
+            # self-match of the same bytes could not tell a wrong conversion from a right one).
+            reference = encode(EXPECTED_RGB[kind](payload), "PNG")
+            registered = client.post(
+                "/gallery",
+                files=[("files", ("reference.png", reference, "image/png"))],
+                data={"collection": f"ref-{kind}", "labels": ["reference"]},
+            )
+            assert registered.status_code == 201, (kind, registered.text)
+            asked = client.post("/query", files=files, data={"collection": f"ref-{kind}", "top_k": 1})
             assert asked.status_code == 200, (kind, asked.text)
             top = asked.json()["results"][0]["matches"][0]
-            assert top["label"] == kind and top["score"] > 0.999, (kind, top)
+            assert top["label"] == "reference" and top["score"] == pytest.approx(1.0, abs=1e-5), (kind, top)
             outcomes[kind] = (added.status_code, asked.status_code)
         assert client.get("/healthz").status_code == 200
     assert "Traceback" not in server.logs()

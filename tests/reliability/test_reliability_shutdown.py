@@ -175,3 +175,81 @@ def test_batcher_drain_embeds_queued_crops_before_stopping() -> None:
         batching_logger.removeHandler(handler)
         batching_logger.setLevel(previous_level)
     assert sum(calls) == 10 and batcher.depth == 0
+
+
+def test_app_shutdown_embeds_the_queued_crops_before_answering(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app's own shutdown finishes queued work, whatever its ASGI server waits for.
+
+    uvicorn waits for in-flight requests before the lifespan shutdown, so the SIGTERM test above cannot see the
+    app's drain; a server that does not (or uvicorn past --timeout-graceful-shutdown) runs the shutdown with crops
+    still queued. Here the lifespan shutdown starts while five requests wait behind a gated batch: every one must
+    still be answered 200 (with stop(drain=False) they would get 503 not_ready).
+    """
+    from service.app import create_app
+    from service.core.settings import Settings
+    from service.inference.embedder import Embedder
+
+    entered, gate, draining = threading.Event(), threading.Event(), threading.Event()
+    armed = threading.Event()
+    original = Embedder.embed_batch
+
+    def gated(self: Embedder, crops: np.ndarray) -> np.ndarray:
+        if armed.is_set():
+            armed.clear()
+            entered.set()
+            assert gate.wait(30), "test gate never opened"
+        return original(self, crops)
+
+    class DrainStarted(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("draining"):
+                draining.set()
+
+    monkeypatch.setattr(Embedder, "embed_batch", gated)
+    settings = Settings(
+        checkpoint=tiny_checkpoint, data_dir=tmp_path / "data", device="cpu", warmup_batches=1, max_batch_size=2
+    )
+    app = create_app(settings)
+    handler = DrainStarted()
+    batching_logger = logging.getLogger("service.inference.batching")
+    batching_logger.addHandler(handler)
+    previous_level = batching_logger.level
+    batching_logger.setLevel(logging.INFO)
+
+    async def main() -> list[int]:
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        batcher = app.state.reid.batcher
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app", timeout=60) as client:
+            seeded = await client.post(
+                "/gallery", files=files_field(player_png(1)), data={"collection": "g", "labels": ["a"]}
+            )
+            assert seeded.status_code == 201, seeded.text
+
+            async def ask() -> int:
+                response = await client.post("/query", files=files_field(player_png(1)), data={"collection": "g"})
+                return response.status_code
+
+            armed.set()
+            plug = asyncio.create_task(ask())
+            assert await asyncio.to_thread(entered.wait, 30)  # the worker holds the plug's batch at the gate
+            queued = [asyncio.create_task(ask()) for _ in range(5)]
+            await asyncio.to_thread(wait_until, lambda: batcher.depth == 5, "five crops queued")
+            shutdown = asyncio.create_task(lifespan.__aexit__(None, None, None))
+            # The shutdown has begun: it logs that it drains the five crops (or, not draining, empties the queue).
+            await asyncio.to_thread(wait_until, lambda: draining.is_set() or batcher.depth < 5, "the shutdown")
+            gate.set()
+            statuses = [await plug] + [await task for task in queued]
+            await shutdown
+        return statuses
+
+    try:
+        statuses = asyncio.run(main())
+    finally:
+        gate.set()
+        batching_logger.removeHandler(handler)
+        batching_logger.setLevel(previous_level)
+    assert statuses == [200] * 6

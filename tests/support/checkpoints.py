@@ -15,13 +15,36 @@ logger = logging.getLogger(__name__)
 TINY_INPUT_SIZE = (64, 32)
 
 
+def randomise_batch_norm(model: torch.nn.Module, seed: int) -> None:
+    """Give every BatchNorm running statistics and an affine transform far from the identity, so that a graph
+    exported without them (or folded wrongly) no longer embeds like the model."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+                assert module.running_var is not None
+                shape = module.running_mean.shape
+                module.running_mean.copy_(0.3 * torch.randn(shape, generator=generator))
+                module.running_var.copy_(0.25 + 1.5 * torch.rand(shape, generator=generator))
+                if module.affine:
+                    module.weight.copy_(0.5 + torch.rand(shape, generator=generator))
+                    module.bias.copy_(0.2 * torch.randn(shape, generator=generator))
+
+
 def make_tiny_checkpoint(
-    path: Path, threshold: float | None = 0.9, seed: int = 0, thresholds: dict[str, float] | None = None
+    path: Path,
+    threshold: float | None = 0.9,
+    seed: int = 0,
+    thresholds: dict[str, float] | None = None,
+    bn_seed: int | None = None,
 ) -> Path:
     """Write the tiny checkpoint to ``path`` and return it; same seed -> same weights -> same embeddings.
-    ``thresholds``: optional thresholds per query size bucket (model/thresholds.py)."""
+    ``thresholds``: optional thresholds per query size bucket (model/thresholds.py). ``bn_seed``: randomise the
+    BatchNorm statistics (the default tiny checkpoint keeps fresh ones: an identity)."""
     torch.manual_seed(seed)
     model = build_model("osnet_x0_25", num_classes=0, input_size=TINY_INPUT_SIZE).eval()
+    if bn_seed is not None:
+        randomise_batch_norm(model, bn_seed)
     save_checkpoint(
         model,
         path,

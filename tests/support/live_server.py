@@ -103,15 +103,24 @@ class LiveServer:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def command(self) -> list[str]:
+        """The command line: ``python -m uvicorn APP`` or, with ``use_cli``, the installed ``reid-serve`` script
+        (the entry point Docker and ``make serve`` run), which serves service.app's factory whatever ``app`` is."""
+        address = ["--host", self.host, "--port", str(self.port), "--log-level", "info"]
+        if self.use_cli:
+            script = Path(self.python).parent / "reid-serve"
+            if not script.is_file():
+                raise ServerStartError(f"reid-serve is not installed beside {self.python} (pip install -e .)")
+            return [str(script), *address]
+        return [self.python, "-m", "uvicorn", self.app, *address, "--workers", "1"]
+
     def start(self, wait: bool = True) -> LiveServer:
         """Launch the process (appending to the log) and, by default, wait until /readyz answers 200."""
         if self.running:
             raise RuntimeError("server already running")
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-        # use_cli: the product's entry point (reid-serve = service.cli), else plain uvicorn on ``app``.
-        serve = ["service.cli"] if self.use_cli else ["uvicorn", self.app, "--workers", "1"]
-        command = [self.python, "-m", *serve, "--host", self.host, "--port", str(self.port), "--log-level", "info"]
+        command = self.command()
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== start #{self.starts + 1}: {' '.join(command)}\n".encode())
             log.flush()

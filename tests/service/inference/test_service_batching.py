@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -260,19 +261,83 @@ def test_stop_fails_what_is_still_queued() -> None:
     assert model.batches == [1]
 
 
-def test_delay_bounds_latency_of_a_lone_crop() -> None:
+class VirtualClock:
+    """The batcher's clock, moved only by its own timed waits (VirtualCondition): latencies become exact."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.model_called_at: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class VirtualCondition(threading.Condition):
+    """A Condition whose timed wait passes the timeout on the virtual clock at once (a timeout, nobody notified);
+    untimed waits (the idle worker) are real."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout is None:
+            return super().wait()
+        self.clock.now += timeout
+        return False
+
+
+def test_delay_bounds_latency_of_a_lone_crop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone crop waits for company exactly max_delay_s, then runs alone: neither sooner nor later. Measured on a
+    virtual clock that only the batcher's timed waits move, so the bound is exact and no test timing is involved."""
+    from service.inference import batching
+
+    clock = VirtualClock()
+    monkeypatch.setattr(
+        batching, "time", types.SimpleNamespace(monotonic=clock.monotonic, perf_counter=time.perf_counter)
+    )
     model = RecordingModel()
-    batcher = make(model, max_batch_size=32, max_delay_s=0.03)
 
-    async def main() -> float:
-        start = time.perf_counter()
-        # A lone crop runs once the delay has passed; the wait_for bound only turns a hang into a failure.
-        await asyncio.wait_for(batcher.embed([crop(1)]), WAIT_S)
-        return time.perf_counter() - start
+    def timed_model(crops: np.ndarray) -> np.ndarray:
+        clock.model_called_at.append(clock.now)
+        return model(crops)
 
+    batcher = DynamicBatcher(timed_model, max_batch_size=32, max_delay_s=0.03, max_queue=64)
+    batcher._cond = VirtualCondition(clock)  # before start(): the worker's waits run on the virtual clock
+    batcher.start()
+    enqueued_at = clock.now
     try:
-        elapsed = asyncio.run(main())
+        # The wait_for bound only turns a hang into a failure.
+        asyncio.run(asyncio.wait_for(batcher.embed([crop(1)]), WAIT_S))
     finally:
         batcher.stop()
-    assert elapsed >= 0.03 * 0.9  # it waited for company first (monotonic clock granularity aside)
     assert model.batches == [1]
+    assert clock.model_called_at == [pytest.approx(enqueued_at + 0.03, abs=1e-9)]
+
+
+def test_cancelled_crops_do_not_take_the_place_of_live_ones() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    watch = QueueWatch()
+    batcher = make(model, watch, max_batch_size=4, max_delay_s=0.05)
+
+    async def main() -> np.ndarray:
+        plug = asyncio.create_task(batcher.embed([crop(9)]))
+        await entered(model)
+        gone = asyncio.create_task(batcher.embed([crop(1), crop(2)]))
+        live = asyncio.create_task(batcher.embed([crop(3), crop(4), crop(5), crop(6)]))
+        await watch.wait_depth(batcher, 6)
+        gone.cancel()  # its two crops are first in the queue
+        model.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        await plug
+        return await live
+
+    try:
+        live = asyncio.run(main())
+    finally:
+        batcher.stop()
+    np.testing.assert_array_equal(live[:, 0], [3, 4, 5, 6])
+    # One full batch of the live crops: the dropped ones left no holes (not [1, 2, 2]).
+    assert model.batches == [1, 4]

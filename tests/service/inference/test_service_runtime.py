@@ -61,6 +61,23 @@ def test_onnxruntime_embeddings_equal_torch_ones(tiny_checkpoint: Path) -> None:
     assert np.max(got[0] @ got[1:].T) < 0.9999
 
 
+def test_onnxruntime_keeps_the_batch_norm_statistics(tmp_path: Path) -> None:
+    """The tiny checkpoint's BatchNorms are an identity, so a graph without them would still match it; this one
+    has BatchNorm statistics and affine transforms far from the identity (one more export, a few seconds)."""
+    from tests.support.checkpoints import make_tiny_checkpoint
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "bn.safetensors", bn_seed=3)
+    onnx = Embedder.from_checkpoint(checkpoint, "cpu", "onnxruntime", cache_dir=tmp_path / "cache", threads=1)
+    eager = Embedder.from_checkpoint(checkpoint, "cpu", "torch")
+    identity = Embedder.from_checkpoint(make_tiny_checkpoint(tmp_path / "plain.safetensors"), "cpu", "torch")
+    assert onnx.runtime.name == "onnxruntime"
+    crops = _crops(onnx.input_size, range(5))
+    got, expected = onnx.embed_batch(crops), eager.embed_batch(crops)
+    assert np.min(np.sum(got * expected, axis=1)) >= MIN_COSINE
+    # The same weights with identity BatchNorms embed visibly differently: a graph that lost them would fail above.
+    assert np.min(np.sum(identity.embed_batch(crops) * expected, axis=1)) < MIN_COSINE
+
+
 def test_export_failure_falls_back_to_torch_with_one_log_line(
     make_client: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

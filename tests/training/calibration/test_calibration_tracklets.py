@@ -41,7 +41,8 @@ def test_sample_tracklets_stay_within_one_identity_and_group() -> None:
     assert len({tuple(t) for t in two}) == len(two)  # distinct subsets
     # identity 1 has one pair per group, identity 2 three distinct pairs, identity 3 a single crop: none
     assert len(two) == 1 + 1 + 3
-    assert sample_tracklets(pids, 4, rng) == [] or all(len(t) == 4 for t in sample_tracklets(pids, 4, rng))
+    # Without groups only identity 1 has 4 crops: exactly one tracklet of 4, its four crops.
+    assert [sorted(t.tolist()) for t in sample_tracklets(pids, 4, rng)] == [[0, 1, 2, 3]]
     with pytest.raises(ValueError, match=">= 1"):
         sample_tracklets(pids, 0, rng)
 

@@ -3,6 +3,8 @@ split, and the file read back scores exactly what the evaluation reported on a l
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -69,7 +71,7 @@ def test_hidden_labels_are_never_scored(setup: tuple[Path, Path]) -> None:
 def test_valid_ranking_file_round_trips_to_the_reported_score(setup: tuple[Path, Path], tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     """The exported file, read back and scored against the split's ground truth, gives the mAP and rank-1 that
-    reid-eval printed (the same rule the challenge server applies)."""
+    reid-eval printed: by our scorer and by SoccerNet's official one (the challenge server's)."""
     root, checkpoint = setup
     out = tmp_path / "valid"
     assert eval_main([str(checkpoint), "--data-root", str(root), "--eval-split", "valid", "--out", str(out),
@@ -83,6 +85,18 @@ def test_valid_ranking_file_round_trips_to_the_reported_score(setup: tuple[Path,
     assert scored["mAP"] == pytest.approx(report["metrics"]["mAP"], abs=1e-6)
     assert scored["rank1"] == pytest.approx(report["metrics"]["rank1"], abs=1e-6)
     assert scored["num_queries"] == len(split.query)
+
+    # And the official SoccerNet scorer (the challenge server's code) on the same file agrees.
+    official = pytest.importorskip(
+        "SoccerNet.Evaluation.ReIdentification",
+        reason="SoccerNet is not installed (pip install --no-deps SoccerNet==0.2.0; see pyproject's 'oracles')",
+    )
+    truth = tmp_path / "groundtruth_valid.json"
+    truth.write_text(json.dumps(groundtruth(split.query, split.gallery)))
+    with contextlib.redirect_stdout(io.StringIO()):
+        theirs = official.evaluate(str(truth), str(out / "ranking_results_valid.json"))
+    assert float(theirs["mAP"]) == pytest.approx(report["metrics"]["mAP"], abs=1e-6)
+    assert float(theirs["rank-1"]) == pytest.approx(report["metrics"]["rank1"], abs=1e-6)
 
 
 def _tiny_ranking(setup: tuple[Path, Path]) -> tuple[dict[str, list[int]], list, list]:

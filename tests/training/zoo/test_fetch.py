@@ -1,14 +1,23 @@
-"""reid-fetch through the real download path: the torchreid files of ../shared/data served from a loopback HTTP
-server (tests/support/file_server.py) under their upstream names, as the zoo's mirror.
+"""reid-fetch through the real download path: weight files served from a loopback HTTP server
+(tests/support/file_server.py) under their upstream names, as the zoo's mirror.
+
+The fault tests need no real weights: the files are synthetic torchreid state dicts (OSNet-x0.25 with random
+weights and each entry's classifier size, saved the way torchreid saves them) and each zoo entry is pinned to its
+synthetic file's hash for the test, so every check the real files go through (hash, classifier size, strict
+import) runs here too, in any checkout. With ../shared/data, two more tests use the real torchreid files: their
+pinned hashes, and one real fetch end to end.
 
 Covered: success (checkpoint, provenance in the model card and in GET /info, reuse from the cache), a wrong hash,
 a truncated download, a server error then a retry, an interrupted download resumed with a Range request, a server
-that ignores ranges, a file of another model, offline (connection refused) from the CLI without a traceback.
+that ignores ranges, a complete .part (416), a web page instead of the file, a concurrent fetch (lock), a file of
+another model, offline (connection refused) from the CLI without a traceback.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -20,7 +29,8 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint, read_checkpoint_spec
-from model.torchreid_import import load_torchreid_checkpoint
+from model.osnet import OSNET_ARCHITECTURES
+from model.torchreid_import import load_torchreid_checkpoint, torchreid_name
 from tests.conftest import REPO_ROOT, shared_file
 from tests.support.file_server import Fault, FileServer
 from tests.support.live_server import free_port
@@ -28,30 +38,51 @@ from training.zoo.download import part_path
 from training.zoo.fetch import CACHE_ENV, MIRROR_ENV, FetchError, cache_dir, fetch_model
 from training.zoo.registry import ZOO, ZooEntry
 
-pytestmark = pytest.mark.shared_data
-
-MARKET = ZOO["osnet_x0_25_market1501"]
-MSMT17 = ZOO["osnet_x0_25_msmt17"]
+REAL_MARKET = ZOO["osnet_x0_25_market1501"]
+REAL_MSMT17 = ZOO["osnet_x0_25_msmt17"]
 
 
 class Interrupted(BaseException):
     """Stands in for Ctrl-C: a BaseException, so nothing on the way catches it as an ordinary error."""
 
 
-@pytest.fixture(scope="module")
-def market_bytes() -> bytes:
-    return shared_file("osnet_x0_25_market1501.pth").read_bytes()
+def synthetic_torchreid_file(entry: ZooEntry, seed: int) -> bytes:
+    """A torchreid-style weight file for ``entry``'s architecture and classifier size (random weights): the state
+    dict under torchreid's names, saved with torch.save as the model zoo's files are (~2.5 MB for OSNet-x0.25)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = OSNET_ARCHITECTURES[entry.architecture](
+            num_classes=entry.num_classes, neck="none", classifier_bias=True
+        )
+    state = {name: tensor for key, tensor in model.state_dict().items() if (name := torchreid_name(key)) is not None}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
-@pytest.fixture(scope="module")
-def msmt17_bytes() -> bytes:
-    return shared_file("osnet_x0_25_msmt17.pth").read_bytes()
+MARKET_BYTES = synthetic_torchreid_file(REAL_MARKET, seed=1)
+MSMT17_BYTES = synthetic_torchreid_file(REAL_MSMT17, seed=2)
+# The entries as the tests see them: pinned to the synthetic files (name, file name and class count unchanged).
+MARKET = dataclasses.replace(REAL_MARKET, sha256=hashlib.sha256(MARKET_BYTES).hexdigest())
+MSMT17 = dataclasses.replace(REAL_MSMT17, sha256=hashlib.sha256(MSMT17_BYTES).hexdigest())
 
 
 @pytest.fixture()
-def server(market_bytes: bytes, msmt17_bytes: bytes, monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServer]:
-    """The two real files under their upstream names, set as the zoo's mirror."""
-    with FileServer({MARKET.file_name: market_bytes, MSMT17.file_name: msmt17_bytes}) as srv:
+def market_bytes() -> bytes:
+    return MARKET_BYTES
+
+
+@pytest.fixture()
+def msmt17_bytes() -> bytes:
+    return MSMT17_BYTES
+
+
+@pytest.fixture()
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServer]:
+    """The two synthetic files under their upstream names, set as the zoo's mirror, the entries pinned to them."""
+    monkeypatch.setitem(ZOO, MARKET.name, MARKET)
+    monkeypatch.setitem(ZOO, MSMT17.name, MSMT17)
+    with FileServer({MARKET.file_name: MARKET_BYTES, MSMT17.file_name: MSMT17_BYTES}) as srv:
         monkeypatch.setenv(MIRROR_ENV, srv.base_url)
         yield srv
 
@@ -60,9 +91,24 @@ def fetch(name: str, cache: Path, **kwargs: object) -> object:
     return fetch_model(name, cache=cache, retries=2, backoff_s=0.0, timeout_s=20.0, progress=False, **kwargs)
 
 
-def test_pinned_hashes_are_those_of_the_shared_files(market_bytes: bytes, msmt17_bytes: bytes) -> None:
-    assert hashlib.sha256(market_bytes).hexdigest() == MARKET.sha256
-    assert hashlib.sha256(msmt17_bytes).hexdigest() == MSMT17.sha256
+@pytest.mark.shared_data
+def test_pinned_hashes_are_those_of_the_shared_files() -> None:
+    assert hashlib.sha256(shared_file("osnet_x0_25_market1501.pth").read_bytes()).hexdigest() == REAL_MARKET.sha256
+    assert hashlib.sha256(shared_file("osnet_x0_25_msmt17.pth").read_bytes()).hexdigest() == REAL_MSMT17.sha256
+
+
+@pytest.mark.shared_data
+def test_the_real_file_fetches_against_the_real_pin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = shared_file("osnet_x0_25_market1501.pth")
+    with FileServer({REAL_MARKET.file_name: real.read_bytes()}) as srv:
+        monkeypatch.setenv(MIRROR_ENV, srv.base_url)
+        result = fetch(REAL_MARKET.name, tmp_path / "cache", out=tmp_path / "market.safetensors")
+    assert result.provenance["sha256"] == REAL_MARKET.sha256  # type: ignore[attr-defined]
+    model, spec = load_checkpoint(tmp_path / "market.safetensors")
+    assert spec.train_meta["num_classes"] == 751
+    reference = load_torchreid_checkpoint(real, arch="osnet_x0_25")
+    crops = torch.rand(2, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model.embed(crops), reference.embed(crops))
 
 
 def test_fetch_writes_a_checkpoint_with_provenance_then_reuses_it(
@@ -84,7 +130,8 @@ def test_fetch_writes_a_checkpoint_with_provenance_then_reuses_it(
     assert spec.train_meta["num_classes"] == 751
 
     # The served checkpoint embeds exactly like the file imported directly.
-    reference = load_torchreid_checkpoint(shared_file("osnet_x0_25_market1501.pth"), arch="osnet_x0_25")
+    (tmp_path / "direct.pth").write_bytes(market_bytes)
+    reference = load_torchreid_checkpoint(tmp_path / "direct.pth", arch="osnet_x0_25")
     crops = torch.rand(2, 3, 64, 32, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(model.embed(crops), reference.embed(crops))
 
@@ -120,7 +167,7 @@ def test_info_shows_the_provenance(server: FileServer, tmp_path: Path) -> None:
 
 
 def test_wrong_hash_fails_and_leaves_nothing(server: FileServer, tmp_path: Path, msmt17_bytes: bytes) -> None:
-    server.files[MARKET.file_name] = msmt17_bytes  # a real weight file, but not the pinned one
+    server.files[MARKET.file_name] = msmt17_bytes  # a weight file of the zoo, but not the pinned one
     out = tmp_path / "market.safetensors"
     with pytest.raises(FetchError, match=f"sha256 {MSMT17.sha256} is not the pinned {MARKET.sha256}"):
         fetch(MARKET.name, tmp_path / "cache", out=out)
@@ -232,7 +279,7 @@ def test_offline_names_the_url_and_the_manual_path_without_a_traceback(tmp_path:
     assert "Traceback" not in proc.stderr
     assert f"{mirror}/{MARKET.file_name}" in proc.stderr
     assert f"reid-import-torchreid --arch osnet_x0_25 {MARKET.file_name}" in proc.stderr
-    assert MARKET.sha256 in proc.stderr  # so the manual download can be checked too
+    assert REAL_MARKET.sha256 in proc.stderr  # so the manual download can be checked too
     assert not out.exists()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -149,30 +150,69 @@ def answers(model: dict[str, dict[int, np.ndarray]], collection: str, queries: n
     return exact(np.stack(list(held.values())), np.fromiter(held, dtype=np.int64), queries, K)
 
 
+@dataclass
+class Race:
+    """What one write's race saw: every (collection, top-K ids) answer, the background builds the write started,
+    and how many searches provably overlapped one of those builds (began and ended inside its window)."""
+
+    seen: list[tuple[str, list[list[int]]]]
+    builds: int
+    overlapping: int
+
+
 def race(
     reg: FaissIndexRegistry, write: Callable[[], object], collections: list[str], queries: np.ndarray
-) -> list[tuple[str, list[list[int]]]]:
+) -> Race:
     """Run ``write``, and the background index build it may start, while READERS threads search ``collections``
     (all released together by a barrier) until both are done; each reader searches once more afterwards.
-    Returns every (collection, top-K ids) the readers saw."""
+
+    Overlap is made, not hoped for: each build stops at its "built" point (new index made, not yet swapped in) and
+    waits there until every reader has completed a search of that collection that began after the build got there;
+    such searches are counted as overlapping. Their answers are checked like all others."""
     start = threading.Barrier(READERS + 1)
     done = threading.Event()
     seen: list[tuple[str, list[list[int]]]] = []
     errors: list[BaseException] = []
+    cond = threading.Condition()
+    window: dict[str, Any] = {"collection": None, "id": 0, "readers": set()}
+    counts = {"builds": 0, "overlapping": 0}
 
-    def reader() -> None:
+    def hook(collection: str, point: str) -> None:
+        with cond:
+            if point == "start":
+                counts["builds"] += 1
+                return
+            if point != "built":
+                return
+            window.update(collection=collection, id=window["id"] + 1, readers=set())
+            arrived = cond.wait_for(lambda: len(window["readers"]) == READERS, timeout=60)
+            window["collection"] = None
+        if not arrived:
+            errors.append(AssertionError(f"no search of {collection} overlapped its build"))
+
+    def reader(number: int) -> None:
         try:
             start.wait()
             while True:
                 finished = done.is_set()
                 for c in collections:
-                    seen.append((c, [[i for i, _ in hits] for hits in reg.search(c, queries, K)]))
+                    with cond:
+                        opened = window["id"] if window["collection"] == c else None
+                    got = [[i for i, _ in hits] for hits in reg.search(c, queries, K)]
+                    seen.append((c, got))
+                    if opened is not None:
+                        with cond:
+                            if window["id"] == opened and window["collection"] == c:
+                                window["readers"].add(number)
+                                counts["overlapping"] += 1
+                                cond.notify_all()
                 if finished:
                     return
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=reader) for _ in range(READERS)]
+    reg.build_hook = hook
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(READERS)]
     for t in threads:
         t.start()
     start.wait()
@@ -184,8 +224,9 @@ def race(
         done.set()
         for t in threads:
             t.join(60)
+        reg.build_hook = None
     assert not errors, errors
-    return seen
+    return Race(seen, counts["builds"], counts["overlapping"])
 
 
 def test_add_remove_rebuild_and_drop_racing_with_searches() -> None:
@@ -249,12 +290,17 @@ def test_add_remove_rebuild_and_drop_racing_with_searches() -> None:
     model: dict[str, dict[int, np.ndarray]] = {}
     kinds: list[str | None] = []
     problems: list[str] = []
-    racing = 0
+    racing = builds = overlapping = 0
     for write in writes:
         before = {c: answers(model, c, queries) for c in collections}
         write.apply(model)
         after = {c: answers(model, c, queries) for c in collections}
-        for c, got in race(reg, write.run, collections, queries):
+        raced = race(reg, write.run, collections, queries)
+        builds += raced.builds
+        overlapping += raced.overlapping
+        # Every build of this write was overlapped by a search of each reader (race() holds it until so).
+        assert raced.overlapping >= READERS * raced.builds, (write.name, raced.builds, raced.overlapping)
+        for c, got in raced.seen:
             racing += 1
             if got not in (before[c], after[c]):
                 problems.append(f"{write.name}: a racing search of {c} saw {got}, not {before[c]} or {after[c]}")
@@ -283,4 +329,6 @@ def test_add_remove_rebuild_and_drop_racing_with_searches() -> None:
         "flat",
     ], kinds
     assert reg.kind("e") == "hnsw"
-    print(f"{racing} searches checked while {len(writes)} writes ran")
+    # Builds that searches raced with (the HNSW switches, tombstone rebuilds, the way back to flat): races happened.
+    assert builds >= 5 and overlapping >= READERS * builds, (builds, overlapping)
+    print(f"{racing} searches checked while {len(writes)} writes ran; {overlapping} of them overlapped {builds} builds")

@@ -294,10 +294,28 @@ def test_every_gpu_index_call_goes_through_the_owner_and_its_device() -> None:
     registry.close()
 
 
+class ProbeLock:
+    """A re-entrant lock that records whether a thread ever had to wait for it (contention observed, not timed)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.contended = threading.Event()
+
+    def __enter__(self) -> ProbeLock:
+        if not self._lock.acquire(blocking=False):
+            self.contended.set()  # someone holds it: this thread waits below
+            self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 def test_gpu_owner_lets_one_thread_in_at_a_time() -> None:
     owner = GpuFaissOwner(resources=object(), device=0)
-    inside, second_in = threading.Event(), threading.Event()
-    release = threading.Event()
+    probe = ProbeLock()
+    owner._lock = probe  # type: ignore[assignment]  # the owner's own lock, instrumented
+    inside, second_in, release = threading.Event(), threading.Event(), threading.Event()
 
     def first() -> None:
         with owner.use():
@@ -312,11 +330,15 @@ def test_gpu_owner_lets_one_thread_in_at_a_time() -> None:
     threads = [threading.Thread(target=first), threading.Thread(target=second)]
     for t in threads:
         t.start()
-    assert inside.wait(30)
-    assert not second_in.wait(0.3)  # the second thread stays out while the first holds the resources
-    release.set()
-    for t in threads:
-        t.join()
+    try:
+        assert inside.wait(30)
+        # The second thread reached the owner while the first held it, and was made to wait: not "not yet there".
+        assert probe.contended.wait(30), "the second thread never had to wait for the owner"
+        assert not second_in.is_set()
+    finally:
+        release.set()
+        for t in threads:
+            t.join()
     assert second_in.is_set()
 
 

@@ -406,16 +406,16 @@ class MilvusGallery:
         never one that was there before it came (another replica of its model may be serving on it).
         """
         self._fingerprint = fingerprint
-        key = f"model/{fingerprint}"
+        claim = f"model/{fingerprint}"
         before = {str(r["key"]) for r in self._catalog_query('kind == "model"', strong=True)}
         value = {"fingerprint": fingerprint, "embedding_dim": self.embedding_dim}
-        self._catalog_upsert([self._catalog_row(key, "model", "", 0, value)])
+        self._catalog_upsert([self._catalog_row(claim, "model", "", 0, value)])
         claims = self._catalog_query('kind == "model"', strong=True)
-        others = [r for r in claims if str(r["key"]) != key]
+        others = [r for r in claims if str(r["key"]) != claim]
         if not others:
             return
-        if key not in before:
-            self._call("a catalog delete", lambda: self._catalog_delete(f"key == {literal(key)}"))
+        if claim not in before:
+            self._call("a catalog delete", lambda: self._catalog_delete(f"key == {literal(claim)}"))
         other = str((others[0].get("value") or {}).get("fingerprint", str(others[0]["key"])[6:]))
         raise ModelMismatchError(
             f"Milvus at {self.config.uri} (collections {self.items_name!r}, {self.catalog_name!r}) belongs to "

@@ -29,7 +29,7 @@ def test_torchrun_two_ranks_train_disjoint_batches_with_shared_gradients(tmp_pat
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(REPO / "tests" / "training" / "ddp_worker.py"), str(trace),
+        str(REPO / "tests" / "training" / "train" / "ddp_worker.py"), str(trace),
         f"data.root={tmp_path / 'data'}", "data.height=32", "data.width=16", "data.workers=0", "data.pad=2",
         "model.name=osnet_x0_25", "optim.epochs=1", f"optim.steps_per_epoch={STEPS}", "optim.warmup_steps=1",
         "sampler.identities_per_batch=2", "sampler.instances_per_identity=2",

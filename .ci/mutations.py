@@ -88,10 +88,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "deleted_items_returned",
         "service/gallery/local/index.py",
-        "if i >= 0 and int(i) not in self.tombstones",
-        "if i >= 0",
+        "        self.bits[byte] |= np.uint8(1 << (item_id & 7))\n        self._ids.add(item_id)\n",
+        "        pass\n",
         ("tests/service/gallery/local/test_service_index.py",),
-        "an item removed from an HNSW index (a tombstone) is never a search hit",
+        "an item removed from an HNSW index (a tombstone) is never a search hit: the tombstone filter must record it",
     ),
     Mutation(
         "snapshot_checksum_not_verified",

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+# Real data of the project workplace (absent elsewhere: benchmarks fall back or say so).
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 def ensure_repo_on_path() -> None:

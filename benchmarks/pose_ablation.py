@@ -33,6 +33,7 @@ import torch
 
 from benchmarks.common import (
     REPO_ROOT,
+    SHARED_DATA,
     base_parser,
     ensure_repo_on_path,
     machine_info,
@@ -54,7 +55,6 @@ from training.train.loop import train  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 CONFIGS = REPO_ROOT / "training" / "configs"
 VARIANTS: dict[str, tuple[str, str]] = {
     # Not trained here: where (a) starts from, scored the same way (for what the fine-tuning changed).

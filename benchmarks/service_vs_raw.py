@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import (
-    REPO_ROOT,
+    SHARED_DATA,
     base_parser,
     ensure_repo_on_path,
     machine_info,
@@ -61,7 +61,6 @@ from tests.support.live_server import LiveServer, server_env  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 COLLECTION = "bench"
 SCENARIOS = ((32, 2), (1, 32))  # (crops per request, concurrent clients)
 

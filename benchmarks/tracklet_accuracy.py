@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from benchmarks.common import (
-    REPO_ROOT,
+    SHARED_DATA,
     Stopwatch,
     base_parser,
     ensure_repo_on_path,
@@ -62,7 +62,6 @@ from training.calibration.threshold import (  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-SHARED = REPO_ROOT.parent / "shared" / "data"
 CAMERA_A = [f"{i:02d}" for i in range(5)]
 CAMERA_B = [f"{i:02d}" for i in range(5, 10)]
 FETCH_DEPTHS = (10, 25, 50, 100)
@@ -252,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0], "tracklet_accuracy.json")
     parser.add_argument("--people", type=int, default=200)
     parser.add_argument("--input-size", type=int, nargs=2, default=[256, 128], metavar=("H", "W"))
-    parser.add_argument("--tar", type=Path, default=SHARED / "cuhk03_64x128.tar")
-    parser.add_argument("--weights", type=Path, default=SHARED / "osnet_x0_25_market1501.pth")
+    parser.add_argument("--tar", type=Path, default=SHARED_DATA / "cuhk03_64x128.tar")
+    parser.add_argument("--weights", type=Path, default=SHARED_DATA / "osnet_x0_25_market1501.pth")
     parser.add_argument("--repeats", type=int, default=3, help="random tracklets per identity and size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, help="npz of the embeddings: read when present, else written")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    REPO_ROOT,
+    SHARED_DATA,
     base_parser,
     ensure_repo_on_path,
     machine_info,
@@ -41,7 +41,6 @@ from training.zoo.registry import ZOO  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # Zoo entries whose upstream file is in ../shared/data, and that file's name there.
 LOCAL_FILES = {"osnet_x0_25_market1501": "osnet_x0_25_market1501.pth", "osnet_x0_25_msmt17": "osnet_x0_25_msmt17.pth"}
 CHUNK = 32  # crops per request
